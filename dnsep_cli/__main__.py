@@ -1,0 +1,3 @@
+from dnsep_cli.cli import main
+
+main()
