@@ -1,0 +1,1 @@
+"""CLI commands, one module each; ``register(app)`` adds the command to the Typer app."""

@@ -1,0 +1,152 @@
+"""A model's configuration: plain data, saved as ``config.json`` beside the weights.
+
+Everything needed to rebuild a model lives here (sample rate, STFT, spectrogram transform, backbone,
+SDE, sampler defaults, post-filter), so ``dnsep inspect`` can print it and two models can be diffed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "MODEL_CARD.md"
+
+
+@dataclass(frozen=True)
+class STFTConfig:
+    """Complex STFT: ``torch.stft(n_fft, hop_length, window=hann(win_length, periodic), center)``."""
+
+    n_fft: int = 510
+    hop_length: int = 128
+    win_length: int | None = None  # None: n_fft
+    window: str = "hann"  # "hann" | "sqrt_hann"
+    center: bool = True
+
+    @property
+    def num_freqs(self) -> int:
+        return self.n_fft // 2 + 1
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Amplitude compression of the complex spectrogram.
+
+    ``exponent``: ``S' = beta * |S|^alpha * exp(j angle S)`` (SGMSE+: alpha 0.5, beta 0.15);
+    ``log``: ``S' = beta * log(1 + |S|) * exp(j angle S)``; ``none``: ``S' = beta * S``.
+    """
+
+    kind: str = "exponent"
+    alpha: float = 0.5
+    beta: float = 0.15
+
+
+@dataclass(frozen=True)
+class SDEConfig:
+    """The forward SDE by registry name (``ouve``, ``ve``, ``vp``) and its keyword parameters."""
+
+    name: str = "ouve"
+    params: dict[str, Any] = field(default_factory=lambda: {"theta": 1.5, "sigma_min": 0.05, "sigma_max": 0.5})
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Default reverse-process settings; every field is a CLI option of ``dnsep enhance``.
+
+    ``t_start``: when set, the reverse process starts at ``t_start < T`` from the perturbed
+    predictive estimate ``mean(x0_hat, y, t_start) + std(t_start) z`` (as StoRM), instead of the prior.
+    """
+
+    sampler: str = "pc"  # "pc" | "ode"
+    predictor: str = "reverse_diffusion"
+    corrector: str = "ald"
+    steps: int = 30
+    corrector_steps: int = 1
+    snr: float = 0.5
+    t_eps: float = 0.03
+    denoise: bool = True
+    t_start: float | None = None
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The score network by registry name (``dnsep_cli.backbones``) and its keyword parameters."""
+
+    name: str = "osa_unet"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PostFilterConfig:
+    """The DeepFilter post-filter: DfOp of ``order`` frames, ``lookahead`` frames ahead, on ``num_freqs`` bins."""
+
+    name: str = "deepfilter"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a model; ``output`` is what the backbone predicts: score, data (x0) or v."""
+
+    name: str = "unnamed"
+    sample_rate: int = 16000
+    stft: STFTConfig = field(default_factory=STFTConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    postfilter: PostFilterConfig | None = None
+    output: str = "score"  # "score" | "data" | "v"
+    # SGMSE+'s backbone returns the negated score and divides it by t itself; kept for exact parity.
+    score_sign: float = 1.0
+    # Time frames the backbone needs as a multiple (NCSN++: 64); the input is padded to it.
+    frame_multiple: int = 1
+    pad_mode: str = "constant"  # "constant" | "reflect"
+    chunk_seconds: float = 8.0
+    overlap_seconds: float = 1.0
+    version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a dict, refusing unknown keys so a typo in config.json is an error, not a default."""
+        sub = {
+            "stft": STFTConfig,
+            "transform": TransformConfig,
+            "backbone": BackboneConfig,
+            "sde": SDEConfig,
+            "sampler": SamplerConfig,
+            "postfilter": PostFilterConfig,
+        }
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in sub and value is not None:
+                sub_known = {f.name for f in fields(sub[key])}
+                bad = set(value) - sub_known
+                if bad:
+                    raise ValueError(f"unknown keys in config '{key}': {', '.join(sorted(bad))}")
+                kwargs[key] = sub[key](**value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ModelConfig:
+        return cls.from_dict(json.loads((Path(folder) / CONFIG_FILE).read_text()))
+
+    def with_sampler(self, **changes: Any) -> ModelConfig:
+        return replace(self, sampler=replace(self.sampler, **changes))

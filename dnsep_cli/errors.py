@@ -1,0 +1,22 @@
+"""Errors a user can cause. The CLI turns each into one line on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+
+class DnsepError(Exception):
+    """A failure the user can act on (bad file, bad model, bad option). Printed as one line, exit 1."""
+
+    exit_code = 1
+
+
+class UsageError(DnsepError):
+    """A bad command line: unknown option value, out-of-range setting, impossible path. Exit 2."""
+
+    exit_code = 2
+
+
+class MissingExtraError(DnsepError):
+    """An optional dependency group is not installed; the message names the extra to install."""
+
+    def __init__(self, extra: str, package: str) -> None:
+        super().__init__(f"this needs the optional package '{package}': pip install 'dnsep[{extra}]'")
