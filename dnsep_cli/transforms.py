@@ -16,7 +16,9 @@ import torch
 from dnsep_cli.config import STFTConfig, TransformConfig
 
 
-def make_window(cfg: STFTConfig, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def make_window(
+    cfg: STFTConfig, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """The analysis/synthesis window: periodic Hann (SGMSE+) or its square root (perfect-reconstruction pair)."""
     length = cfg.win_length or cfg.n_fft
     window = torch.hann_window(length, periodic=True, device=device, dtype=dtype)
