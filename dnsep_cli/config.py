@@ -102,6 +102,8 @@ class ModelConfig:
     output: str = "score"  # "score" | "data" | "v"
     # SGMSE+'s backbone returns the negated score and divides it by t itself; kept for exact parity.
     score_sign: float = 1.0
+    # Level normalisation before the STFT: "peak" divides by max|y| (SGMSE+), restored on output.
+    normalize: str = "peak"
     # Time frames the backbone needs as a multiple (NCSN++: 64); the input is padded to it.
     frame_multiple: int = 1
     pad_mode: str = "constant"  # "constant" | "reflect"
