@@ -144,6 +144,8 @@ def rms_db(x: np.ndarray) -> float:
 
 def _extract(x: np.ndarray, start: int, length: int, loop: bool) -> np.ndarray:
     """``x[start : start + length]`` for any ``start``: looped around (noise) or zero outside (speech)."""
+    if start >= 0 and start + length <= x.shape[0]:
+        return x[start : start + length].copy()
     idx = np.arange(start, start + length)
     if loop:
         return x[idx % x.shape[0]]
