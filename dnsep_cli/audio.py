@@ -1,0 +1,299 @@
+"""Audio files in and out: read with soundfile, resample with soxr, write atomically.
+
+Arrays are ``(L, C)`` float32, time first, as soundfile returns them with ``always_2d=True``.
+
+Long files never live in memory whole: ``iter_blocks`` reads a file block by block, ``StreamResampler``
+resamples block by block (soxr's streaming resampler gives exactly the samples of a whole-signal
+``soxr.resample``), and ``AtomicWriter`` appends blocks to a temporary file in the target folder that is
+renamed over the target (``os.replace``) only once everything is written. An exception or Ctrl-C in between
+removes the temporary file, so a failed run never leaves a half-written output. librosa's default
+resampler is the same soxr "HQ" filter; we call soxr directly because librosa cannot stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from dnsep_cli.errors import DnsepError, UsageError
+
+# Extensions that soundfile reads, looked for when an input is a folder.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".caf", ".w64", ".rf64", ".mp3")
+
+# Output extension for each format, when --format changes it.
+FORMAT_EXTENSIONS = {
+    "WAV": ".wav",
+    "WAVEX": ".wav",
+    "FLAC": ".flac",
+    "OGG": ".ogg",
+    "AIFF": ".aiff",
+    "AU": ".au",
+    "CAF": ".caf",
+    "W64": ".w64",
+    "RF64": ".rf64",
+    "MP3": ".mp3",
+}
+
+RESAMPLE_QUALITY = "HQ"  # soxr's high quality (librosa's default "soxr_hq")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file holds, without reading its samples."""
+
+    path: Path
+    sample_rate: int
+    frames: int
+    channels: int
+    format: str  # soundfile major format, e.g. "WAV", "FLAC", "OGG"
+    subtype: str  # e.g. "PCM_16", "PCM_24", "FLOAT", "VORBIS"
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def _open_error(path: Path, err: Exception) -> DnsepError:
+    if path.is_file() and path.stat().st_size == 0:
+        return DnsepError(f"{path}: empty file (0 bytes)")
+    reason = str(err).split(":")[-1].strip() or "unreadable"
+    return DnsepError(f"{path}: not a readable audio file ({reason})")
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Header of an audio file; a missing, empty or non-audio file raises one clear ``DnsepError``."""
+    path = Path(path)
+    if not path.exists():
+        raise DnsepError(f"{path}: no such file")
+    if path.is_dir():
+        raise DnsepError(f"{path}: is a folder, not an audio file")
+    try:
+        info = sf.info(str(path))
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise _open_error(path, err) from None
+    return AudioInfo(path, int(info.samplerate), int(info.frames), int(info.channels), info.format, info.subtype)
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """The whole file as ``(L, C)`` float32 and its sample rate (use ``iter_blocks`` for long files)."""
+    path = Path(path)
+    audio_info(path)
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise _open_error(path, err) from None
+    return data, int(rate)
+
+
+def iter_blocks(path: str | Path, block_frames: int) -> Iterator[np.ndarray]:
+    """Successive ``(n, C)`` float32 blocks of a file, ``n <= block_frames``; memory stays one block."""
+    path = Path(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                block = f.read(block_frames, dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    return
+                yield block
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise DnsepError(f"{path}: cannot read audio ({str(err).strip()})") from None
+
+
+def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Whole-signal soxr resampling along axis 0 of ``(L,)`` or ``(L, C)``; identity when the rates agree."""
+    if rate_in == rate_out:
+        return x
+    return soxr.resample(x, rate_in, rate_out, quality=RESAMPLE_QUALITY)
+
+
+class StreamResampler:
+    """Block-wise soxr resampling of ``(n, C)`` float32 blocks, equal to whole-signal ``resample``.
+
+    Push blocks in order; each call returns the output samples ready so far; ``finish`` flushes the
+    filter's tail. With equal rates the blocks pass through unchanged.
+    """
+
+    def __init__(self, rate_in: int, rate_out: int, channels: int) -> None:
+        self.rate_in, self.rate_out, self.channels = rate_in, rate_out, channels
+        self._stream = (
+            None
+            if rate_in == rate_out
+            else soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality=RESAMPLE_QUALITY)
+        )
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if self._stream is None:
+            return block
+        return self._stream.resample_chunk(block, last=False)
+
+    def finish(self) -> np.ndarray:
+        if self._stream is None:
+            return np.zeros((0, self.channels), np.float32)
+        return self._stream.resample_chunk(np.zeros((0, self.channels), np.float32), last=True)
+
+
+def resolve_output_format(
+    info: AudioInfo, out_path: str | Path, format: str | None = None, subtype: str | None = None
+) -> tuple[str, str]:
+    """The (format, subtype) to write: ``--format``/``--subtype`` when given; else the output extension's
+    format when it names another one (``in.wav out.flac``); else the input's. The input's subtype is kept
+    when the output format allows it, otherwise the format's default."""
+    if format is not None:
+        fmt = format.upper()
+        if fmt not in sf.available_formats():
+            known = ", ".join(sorted(FORMAT_EXTENSIONS))
+            raise UsageError(f"unknown output format {format!r}; e.g. {known}")
+    else:
+        ext = Path(out_path).suffix.lower()
+        by_ext = {e: f for f, e in FORMAT_EXTENSIONS.items() if f not in ("WAVEX",)}
+        by_ext[".aif"] = "AIFF"
+        by_ext[".oga"] = "OGG"
+        fmt = by_ext.get(ext, info.format)
+        if fmt == "WAV" and info.format in ("WAV", "WAVEX"):
+            fmt = info.format
+    if subtype is not None:
+        sub = subtype.upper()
+        if sub not in sf.available_subtypes() or not sf.check_format(fmt, sub):
+            raise UsageError(f"subtype {subtype!r} cannot be written in format {fmt}")
+        return fmt, sub
+    if sf.check_format(fmt, info.subtype):
+        return fmt, info.subtype
+    return fmt, sf.default_subtype(fmt)
+
+
+def _temp_path(target: Path, suffix: str) -> Path:
+    """A fresh hidden file beside ``target`` (same folder, so ``os.replace`` is an atomic rename)."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be created in it; one line if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DnsepError(f"{folder}: cannot create output folder ({err.strerror or err})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DnsepError(f"{folder}: output folder is not writable")
+
+
+class AtomicWriter:
+    """Write an audio file block by block; it appears under its name only when complete.
+
+    ``with AtomicWriter(path, rate, channels, format, subtype) as w: w.write(block)``: the blocks go to a
+    hidden temporary file in the same folder, renamed over ``path`` when the ``with`` block ends normally.
+    Any exception (``KeyboardInterrupt`` included) removes the temporary file and leaves ``path`` as it was.
+    """
+
+    def __init__(self, path: str | Path, sample_rate: int, channels: int, format: str, subtype: str) -> None:
+        self.path = Path(path)
+        self.sample_rate, self.channels, self.format, self.subtype = sample_rate, channels, format, subtype
+        self._tmp: Path | None = None
+        self._file: sf.SoundFile | None = None
+
+    def __enter__(self) -> AtomicWriter:
+        check_writable_folder(self.path.parent)
+        try:
+            self._tmp = _temp_path(self.path, ".dnsep-tmp")
+            self._file = sf.SoundFile(
+                str(self._tmp), "w", self.sample_rate, self.channels, self.subtype, format=self.format
+            )
+        except (sf.SoundFileError, RuntimeError, OSError) as err:
+            self._cleanup()
+            raise DnsepError(f"{self.path}: cannot write ({str(err).strip()})") from None
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        """Append ``(n, C)`` samples."""
+        assert self._file is not None, "use AtomicWriter in a with block"
+        try:
+            self._file.write(np.ascontiguousarray(block))
+        except (sf.SoundFileError, RuntimeError, OSError) as err:
+            raise DnsepError(f"{self.path}: cannot write ({str(err).strip()})") from None
+
+    def _cleanup(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+            self._tmp = None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            self._cleanup()
+            return
+        assert self._file is not None and self._tmp is not None
+        try:
+            self._file.close()
+            self._file = None
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+        except (sf.SoundFileError, RuntimeError, OSError) as err:
+            self._cleanup()
+            raise DnsepError(f"{self.path}: cannot write ({str(err).strip()})") from None
+
+
+def write_audio(
+    path: str | Path, data: np.ndarray, sample_rate: int, format: str | None = None, subtype: str | None = None
+) -> None:
+    """Write ``(L,)`` or ``(L, C)`` samples atomically; format from the extension when not given."""
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 1:
+        data = data[:, None]
+    path = Path(path)
+    if format is None:
+        by_ext = {e: f for f, e in FORMAT_EXTENSIONS.items() if f != "WAVEX"}
+        format = by_ext.get(path.suffix.lower(), "WAV")
+    subtype = subtype or sf.default_subtype(format)
+    with AtomicWriter(path, sample_rate, data.shape[1], format, subtype) as w:
+        w.write(data)
+
+
+class FloatSpool:
+    """A temporary raw float32 ``(n, C)`` store on disk beside ``target``, for a second pass over output.
+
+    The enhancer spools the enhanced signal here so that the clip check (one gain per file) can be applied
+    before the final write without holding the whole file in memory. Removed by ``close``.
+    """
+
+    def __init__(self, target: Path, channels: int) -> None:
+        self.channels = channels
+        self.frames = 0
+        self.path = _temp_path(target, ".dnsep-spool")
+        self._fh = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        self._fh.write(block.tobytes())
+        self.frames += len(block)
+
+    def blocks(self, block_frames: int) -> Iterator[np.ndarray]:
+        self._fh.flush()
+        if self.frames == 0:
+            return
+        data = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.frames, self.channels))
+        for start in range(0, self.frames, block_frames):
+            yield np.array(data[start : start + block_frames])
+        del data
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
