@@ -243,6 +243,9 @@ class MixConfig:
     channel_snr_spread_db: float = 3.0  # per-channel SNR = drawn SNR + U(-spread, spread)
     p_silence: float = 0.05  # noise-only examples (clean = 0) teach the model to keep pauses quiet
     min_active_fraction: float = 0.3  # redraw a speech crop (up to 8 times) that is mostly pause
+    # "duration": a file is drawn with probability proportional to its length (every second of audio equally
+    # likely; many short clips from one source do not outweigh a few long ones); "file": uniformly.
+    sample_by: str = "duration"
 
     def __post_init__(self) -> None:
         for name in ("p_reverb", "p_eq", "p_gain_clip", "p_two_channel", "p_silence", "min_active_fraction"):
@@ -252,6 +255,8 @@ class MixConfig:
             low, high = getattr(self, name)
             if low > high:
                 raise UsageError(f"{name} must be (low, high), got {(low, high)}")
+        if self.sample_by not in ("duration", "file"):
+            raise UsageError(f"sample_by must be 'duration' or 'file', got '{self.sample_by}'")
         if self.segment_seconds <= 0 or self.rt60[0] <= 0:
             raise UsageError("segment_seconds and rt60 must be positive")
 
@@ -265,6 +270,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     together: with ``p_two_channel > 0`` use ``batch()`` (which draws ``M`` once per batch) or
     ``DataLoader(batch_size=None)``.
 
+    Files are drawn with probability proportional to their length (``sample_by="duration"``) or uniformly.
     Per example: speech ``s`` (a crop with at least ``min_active_fraction`` active frames; utterances
     shorter than the segment sit at a random offset, zero-padded), optionally EQ'd (before mixing, so
     target and mixture share it and the model does not learn to undo it) and reverberated (the target keeps
@@ -292,12 +298,23 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self._frame = max(1, round(FRAME_SECONDS * sample_rate))
         # Per-utterance activity (frame energy within 40 dB of the utterance's loudest frame), to avoid crops
         # that are mostly pause.
+        self._speech_cdf = self._cdf(speech)
+        self._noise_cdf = self._cdf(noise)
         self._active = []
         for s in speech:
             e = frame_energies_db(s, sample_rate)
             self._active.append(e >= e.max() + ACTIVE_THRESHOLD_DB)
 
     # -- drawing ------------------------------------------------------------------------------------------
+
+    def _cdf(self, bank: list[np.ndarray]) -> np.ndarray:
+        weights = np.array([x.shape[0] if self.cfg.sample_by == "duration" else 1 for x in bank], dtype=np.float64)
+        cdf = np.cumsum(weights)
+        return cdf / cdf[-1]
+
+    @staticmethod
+    def _draw(rng: np.random.Generator, cdf: np.ndarray) -> int:
+        return min(int(np.searchsorted(cdf, rng.random(), side="right")), cdf.shape[0] - 1)
 
     def _speech_start(self, rng: np.random.Generator, i: int) -> int:
         """Start of a speech crop of ``self.length``; negative when the utterance is shorter (zero-padded)."""
@@ -332,7 +349,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         clipped = bool(rng.random() < cfg.p_gain_clip)
 
         # Speech: one source crop with margins for the RIR (before) and the channel delays (both sides).
-        speech_index = int(rng.integers(len(self.speech)))
+        speech_index = self._draw(rng, self._speech_cdf)
         clean = np.zeros((m, length))
         reverberant = np.zeros((m, length))
         if not silence:
@@ -359,7 +376,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                     reverberant[c] = clean[c] = src[pre : pre + length]
 
         # Noise: independent crops of one file, scaled to the per-channel SNR on active speech.
-        noise_index = int(rng.integers(len(self.noise)))
+        noise_index = self._draw(rng, self._noise_cdf)
         n_src = self.noise[noise_index]
         noise = np.stack([_extract(n_src, int(rng.integers(n_src.shape[0])), length, True) for _ in range(m)])
         noise = noise.astype(np.float64)

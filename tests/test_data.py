@@ -101,6 +101,22 @@ def test_noisy_is_clean_plus_a_scaled_noise_crop(banks):
         assert -35.0 - 1e-6 <= ex["level_db"] <= -15.0 + 1e-6
 
 
+@pytest.mark.parametrize("sample_by", ["duration", "file"])
+def test_files_are_drawn_by_duration_or_uniformly(sample_by):
+    rng = np.random.default_rng(0)
+    speech = [bursts(rng, 9.0), bursts(rng, 1.0)]
+    noise = [np.ones(FS, np.float32), np.ones(FS * 3, np.float32)]
+    cfg = MixConfig(**OFF, segment_seconds=0.1, sample_by=sample_by)
+    ds = MixtureDataset(speech, noise, FS, cfg, seed=0)
+    draws = [ds.example(rng) for _ in range(1000)]
+    long_speech = np.mean([ex["speech_index"] == 0 for ex in draws])
+    long_noise = np.mean([ex["noise_index"] == 1 for ex in draws])
+    if sample_by == "duration":
+        assert long_speech == pytest.approx(0.9, abs=0.04) and long_noise == pytest.approx(0.75, abs=0.05)
+    else:
+        assert long_speech == pytest.approx(0.5, abs=0.06) and long_noise == pytest.approx(0.5, abs=0.06)
+
+
 def test_mixing_is_deterministic_for_a_seed(banks):
     speech, noise = banks
     cfg = MixConfig(p_reverb=0.5, p_eq=0.5, p_two_channel=0.3, p_silence=0.2, p_gain_clip=0.2)
@@ -301,16 +317,30 @@ def test_load_audio_resamples_and_downmixes(tmp_path):
 # --- paired folders ---------------------------------------------------------------------------------------
 
 
-def make_pairs(root, rng, names=("a.wav", "sub/b.wav", "c.flac"), seconds=(3.0, 2.5, 0.5)):
+def make_pairs(root, rng, names=("a.wav", "sub/b.wav", "c.flac"), seconds=(3.0, 2.5, 0.5)) -> list[np.ndarray]:
+    sources = []
     for name, s in zip(names, seconds, strict=True):
         x = 0.05 * rng.standard_normal(round(s * FS))  # 2 x stays within full scale
         subtype = "FLOAT" if name.endswith(".wav") else "PCM_24"
         write(root / "clean" / name, x, subtype=subtype)
         write(root / "noisy" / name, 2 * x, subtype=subtype)
+        sources.append(x)
+    return sources
+
+
+def is_contiguous_crop(crop: np.ndarray, sources: list[np.ndarray]) -> bool:
+    """Whether ``crop`` (zero padding stripped) is one contiguous stretch of one of the ``sources``."""
+    nonzero = np.flatnonzero(crop)
+    crop = crop[nonzero[0] : nonzero[-1] + 1]
+    for x in sources:
+        start = int(np.argmin(np.abs(x - crop[0])))
+        if start + crop.size <= x.size and np.allclose(x[start : start + crop.size], crop, atol=1e-6):
+            return True
+    return False
 
 
 def test_paired_dataset_matches_and_aligns(tmp_path):
-    make_pairs(tmp_path, np.random.default_rng(0))
+    sources = make_pairs(tmp_path, np.random.default_rng(0))
     ds = PairedDataset(tmp_path, FS, segment_seconds=1.0, seed=0)
     assert len(ds) == 3 and ds.names == ["a.wav", "c.flac", "sub/b.wav"]
     b = ds.batch(16, np.random.default_rng(1))
@@ -318,6 +348,7 @@ def test_paired_dataset_matches_and_aligns(tmp_path):
     # noisy = 2 clean in every file, so an aligned crop keeps the relation exactly (the short file is padded)
     torch.testing.assert_close(b["noisy"], 2 * b["clean"], atol=1e-6, rtol=0)
     assert torch.all(b["clean"].abs().amax(dim=-1) > 0)
+    assert all(is_contiguous_crop(c[0].numpy(), sources) for c in b["clean"])
     padded = (b["clean"] == 0).float().mean(dim=-1).squeeze(1)
     assert torch.any(padded > 0.4)  # crops of the 0.5 s file are half zeros
     item = next(iter(ds))
