@@ -523,6 +523,23 @@ class PairedDataset(torch.utils.data.IterableDataset):
         return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in ("clean", "noisy")}
 
 
+class BatchStream(torch.utils.data.IterableDataset):
+    """Whole batches from ``dataset.batch(batch_size, rng)``, for ``DataLoader(stream, batch_size=None,
+    num_workers=k)``: mixing runs in worker processes, and batches may mix ``M = 1`` and ``M = 2`` examples
+    across (never within) batches. Worker ``w`` draws from ``default_rng([seed, w])``; infinite.
+    """
+
+    def __init__(self, dataset: MixtureDataset | PairedDataset, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info is not None else 0])
+        while True:
+            yield self.dataset.batch(self.batch_size, rng)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Validation set
 

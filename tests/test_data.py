@@ -16,6 +16,7 @@ import torch
 from scipy import signal
 
 from dnsep_cli.data import (
+    BatchStream,
     DataError,
     MixConfig,
     MixtureDataset,
@@ -149,6 +150,20 @@ def test_dataloader_workers_draw_different_streams(banks):
     assert not torch.equal(items[0], items[1])  # worker 0 and worker 1 are seeded apart
     # Worker 0 draws the same stream as a single process.
     assert torch.equal(items[0], next(iter(ds))["noisy"])
+
+
+def test_batch_stream_runs_batches_in_workers(banks):
+    speech, noise = banks
+    ds = MixtureDataset(speech, noise, FS, MixConfig(**{**OFF, "p_two_channel": 0.5}), seed=0)
+    loader = torch.utils.data.DataLoader(BatchStream(ds, 3, seed=2), batch_size=None, num_workers=2)
+    batches = []
+    for b in loader:
+        batches.append(b["noisy"])
+        if len(batches) == 8:
+            break
+    assert all(b.shape[0] == 3 and b.shape[2] == ds.length for b in batches)
+    assert {b.shape[1] for b in batches} == {1, 2}
+    assert torch.equal(batches[0], ds.batch(3, np.random.default_rng([2, 0]))["noisy"])
 
 
 def test_two_channel_examples(banks):
