@@ -267,8 +267,8 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     Each example is ``{"clean": (M, L), "noisy": (M, L)}`` float32 tensors, ``L = segment_seconds * fs``.
     Iteration is infinite and deterministic for ``seed`` (and the number of DataLoader workers: worker ``w``
     draws from ``default_rng([seed, w])``). Examples with ``M = 1`` and ``M = 2`` cannot be collated
-    together: with ``p_two_channel > 0`` use ``batch()`` (which draws ``M`` once per batch) or
-    ``DataLoader(batch_size=None)``.
+    together: with ``p_two_channel > 0`` use ``batch()`` (which draws ``M`` once per batch), ``BatchStream``
+    (the same in DataLoader workers) or ``DataLoader(batch_size=None)``.
 
     Files are drawn with probability proportional to their length (``sample_by="duration"``) or uniformly.
     Per example: speech ``s`` (a crop with at least ``min_active_fraction`` active frames; utterances
@@ -285,10 +285,11 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self, speech: list[np.ndarray], noise: list[np.ndarray], sample_rate: int, cfg: MixConfig, seed: int
     ) -> None:
         super().__init__()
-        speech = [s for s in speech if s.size and np.any(s)]
-        noise = [n for n in noise if n.size and np.any(n)]
-        if not speech or not noise:
-            raise DataError(f"dynamic mixing needs speech and noise: got {len(speech)} speech, {len(noise)} noise")
+        # All-zero files get zero weight (they would make the SNR undefined); indices still match the inputs.
+        usable_speech = sum(bool(np.any(x)) for x in speech)
+        usable_noise = sum(bool(np.any(x)) for x in noise)
+        if not usable_speech or not usable_noise:
+            raise DataError(f"dynamic mixing needs speech and noise: got {usable_speech} speech, {usable_noise} noise")
         self.speech = speech
         self.noise = noise
         self.sample_rate = sample_rate
@@ -309,6 +310,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
 
     def _cdf(self, bank: list[np.ndarray]) -> np.ndarray:
         weights = np.array([x.shape[0] if self.cfg.sample_by == "duration" else 1 for x in bank], dtype=np.float64)
+        weights *= [bool(np.any(x)) for x in bank]
         cdf = np.cumsum(weights)
         return cdf / cdf[-1]
 

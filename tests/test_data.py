@@ -270,9 +270,13 @@ def test_config_rejects_bad_ranges():
         MixConfig(snr_db=(10.0, 0.0))
 
 
-def test_mixture_dataset_needs_audio():
+def test_mixture_dataset_needs_audio_and_skips_silent_files(banks):
+    speech, noise = banks
     with pytest.raises(DataError):
         MixtureDataset([np.zeros(100, np.float32)], [np.ones(100, np.float32)], FS, MixConfig(), seed=0)
+    ds = MixtureDataset([np.zeros(FS * 10, np.float32), *speech], noise, FS, MixConfig(**OFF), seed=0)
+    rng = np.random.default_rng(0)
+    assert {ds.example(rng)["speech_index"] for _ in range(50)} == {1, 2, 3}  # indices of the given list
 
 
 # --- files ------------------------------------------------------------------------------------------------
