@@ -1,0 +1,157 @@
+"""``dnsep train``: train a score model on dynamically mixed speech + noise, or on paired folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from dnsep_cli.errors import UsageError
+
+
+def train(
+    out_dir: Path = typer.Argument(..., help="Run folder: state.pt (resumable), log.csv, best/ and last/ models."),
+    corpus: Path | None = typer.Option(
+        None, help="Corpus root with speech/, noise/ and splits.csv (train split to train, valid split to validate)."
+    ),
+    speech: Path | None = typer.Option(None, help="Folder of clean speech (with --noise)."),
+    noise: Path | None = typer.Option(None, help="Folder of noise recordings (with --speech)."),
+    pairs: Path | None = typer.Option(None, help="Folder with clean/ and noisy/ (matched by relative path)."),
+    split: str | None = typer.Option(
+        None, help="Split of <root>/splits.csv to train on when --speech/--noise share a root (e.g. 'train')."
+    ),
+    subset: Path | None = typer.Option(None, help="File list (one relative path per line) to restrict training to."),
+    output: str = typer.Option("data", help="What the network predicts: data | score | v."),
+    init: str | None = typer.Option(None, help="Start from this model's weights (fine-tune); name or folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT_DIR/state.pt."),
+    max_steps: int = typer.Option(100_000, min=1, help="Stop after this many optimiser steps in total."),
+    time_limit: float | None = typer.Option(None, min=1, help="Stop this invocation after so many seconds."),
+    batch_size: int = typer.Option(8, min=1),
+    segment_seconds: float = typer.Option(2.0, min=0.25),
+    lr: float = typer.Option(1e-3, min=0),
+    snr_low: float = typer.Option(-5.0, help="Lowest training SNR in dB."),
+    snr_high: float = typer.Option(20.0, help="Highest training SNR in dB."),
+    p_reverb: float = typer.Option(0.2, min=0, max=1),
+    p_two_channel: float = typer.Option(0.1, min=0, max=1, help="Share of 2-channel batches (trains the TAC)."),
+    validate_every: int = typer.Option(500, min=1),
+    val_items: int = typer.Option(16, min=0, help="Validation mixtures scored at each validation (0: none)."),
+    checkpoint_every: float = typer.Option(300.0, min=1, help="Seconds between checkpoints."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train (or fine-tune, or resume) a score model; the best validation checkpoint is exported as a model folder."""
+    import platform
+
+    import torch
+
+    from dnsep_cli import data
+    from dnsep_cli.train import TrainConfig, Trainer, base_model_config
+
+    if output not in ("data", "score", "v"):
+        raise UsageError(f"--output must be data, score or v, got {output!r}")
+    sources = [corpus is not None, speech is not None or noise is not None, pairs is not None]
+    if sum(sources) != 1:
+        raise UsageError("give exactly one data source: --corpus, --speech with --noise, or --pairs")
+    if (speech is None) != (noise is None):
+        raise UsageError("--speech and --noise go together")
+    if resume and not (out_dir / "state.pt").is_file():
+        raise UsageError(f"--resume: no checkpoint at {out_dir / 'state.pt'}")
+    if not resume and (out_dir / "state.pt").exists():
+        raise UsageError(f"{out_dir} already holds a run: add --resume to continue it, or choose another folder")
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    model_config = base_model_config(output)
+    if init is not None:
+        from dnsep_cli.hub import resolve_model
+
+        init_folder = resolve_model(init)
+        from dnsep_cli.config import ModelConfig
+
+        model_config = ModelConfig.load(init_folder)
+    sr = model_config.sample_rate
+    mix = data.MixConfig(
+        segment_seconds=segment_seconds,
+        snr_db=(snr_low, snr_high),
+        p_reverb=p_reverb,
+        p_two_channel=p_two_channel,
+    )
+    validation: list[tuple[str, object, object]] = []
+    if pairs is not None:
+        dataset = data.PairedDataset(pairs, sr, segment_seconds, seed)
+        data_note = f"Paired clean/noisy folders: {pairs}"
+    else:
+        root = corpus if corpus is not None else None
+        if root is not None:
+            train_speech = data.list_corpus(root, "speech", "train", subset)
+            train_noise = data.list_corpus(root, "noise", "train", subset)
+            val_speech = data.list_corpus(root, "speech", "valid")
+            val_noise = data.list_corpus(root, "noise", "valid")
+        else:
+            assert speech is not None and noise is not None
+            train_speech = data.list_corpus(speech.parent, speech.name, split, subset)
+            train_noise = data.list_corpus(noise.parent, noise.name, split, subset)
+            val_speech, val_noise = [], []
+        if not quiet:
+            typer.echo(f"loading {len(train_speech)} speech and {len(train_noise)} noise files ...")
+        dataset = data.MixtureDataset(
+            data.load_audio_bank(train_speech, sr), data.load_audio_bank(train_noise, sr), sr, mix, seed
+        )
+        data_note = _data_note(root, len(train_speech), len(train_noise), mix)
+        if val_speech and val_noise and val_items > 0:
+            items = data.build_validation_set(val_speech, val_noise, sr, seconds=4.0, out_dir=out_dir / "valid")
+            stride = max(1, len(items) // val_items)
+            validation = [(it.name, it.clean, it.noisy) for it in items[::stride][:val_items]]
+
+    cfg = TrainConfig(
+        out_dir=str(out_dir),
+        batch_size=batch_size,
+        segment_seconds=segment_seconds,
+        lr=lr,
+        max_steps=max_steps,
+        time_limit=time_limit,
+        validate_every=validate_every,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+        device=device,
+    )
+    hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    if device.startswith("cuda"):
+        hardware = torch.cuda.get_device_name(torch.device(device))
+    trainer = Trainer(cfg, model_config, dataset.batch, validation, {"data": data_note, "hardware": hardware})
+    if resume:
+        trainer.load_state()
+    elif init is not None:
+        from dnsep_cli.model import ScoreModel
+
+        trainer.model.load_state_dict(ScoreModel.from_pretrained(init_folder).state_dict())
+        trainer.ema.shadow = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    (out_dir / "train_config.json").write_text(json.dumps({"train": cfg.__dict__, "mix": mix.__dict__}, indent=2))
+
+    def report(step: int, stats: dict[str, float]) -> None:
+        if quiet:
+            return
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in stats.items())
+        typer.echo(f"step {step}/{max_steps}  {shown}")
+
+    state = trainer.fit(progress=report)
+    if not quiet:
+        best = f"best at step {state.best_step}" if state.best_step >= 0 else "no validation"
+        typer.echo(f"stopped at step {state.step} ({best}); models in {out_dir}/best and {out_dir}/last")
+
+
+def _data_note(root: Path | None, n_speech: int, n_noise: int, mix: object) -> str:
+    where = f"`{root}`" if root is not None else "user folders"
+    return (
+        f"Dynamic mixing of {n_speech} speech and {n_noise} noise recordings from {where} "
+        f"(mixing settings: {json.dumps(mix.__dict__, default=str)})."
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

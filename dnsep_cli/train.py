@@ -1,0 +1,410 @@
+"""Training a dnsep score model: one loop, readable top to bottom.
+
+Each step (Richter et al. 2023 for the SDE; Song et al. 2021 for score matching):
+
+1. a batch of (clean, noisy) waveforms, dynamically mixed (``dnsep_cli.data``), peak-normalised by the noisy
+   signal as at inference, turned into compressed spectrograms ``x0, y`` ``(B, M, F, T)`` complex;
+2. ``t`` from an importance sampler over a grid of ``t_bins`` points in ``[t_eps, T]`` (IDDPM Sec. 3.3,
+   ``dnsep_cli.ddpm.LossSecondMomentSampler``): the loss is reweighted by ``1 / (N p_t)`` so the objective
+   stays the uniform-``t`` one while the variance of its estimate drops;
+3. ``x_t = mean(x0, y, t) + std(t) z`` (``dnsep_cli.score_matching.perturb``);
+4. the loss for the model's parameterisation: ``data``: a compressed-spectrum loss on ``x0_hat``
+   (``0.3 |x0_hat - x0|^2 + 0.7 (|x0_hat| - |x0|)^2``); ``score``: the denoising score-matching loss
+   ``|s std + z|^2``; ``v``: ``|v_hat - v|^2``. The DeepFilter post-filter is trained jointly on the
+   model's own estimate, with the same spectrum loss on its output;
+5. Adam, gradient clipping, an EMA of the weights (the EMA weights are what gets exported).
+
+Checkpoints (``state.pt``, loaded with ``weights_only=True``) hold the weights, the EMA, the optimiser, the
+importance sampler's history and every random state, so ``--resume`` continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dnsep_cli.config import (
+    BackboneConfig,
+    ModelConfig,
+    PostFilterConfig,
+    SamplerConfig,
+    SDEConfig,
+    STFTConfig,
+    TransformConfig,
+)
+from dnsep_cli.ddpm import LossSecondMomentSampler
+from dnsep_cli.model import ScoreModel, enhance_spectrogram
+from dnsep_cli.score_matching import perturb
+
+STATE_FILE = "state.pt"
+LOG_FILE = "log.csv"
+
+
+def base_model_config(output: str = "data") -> ModelConfig:
+    """The shipped default's architecture: OSA-U-Net over a 512/256 STFT, OUVE SDE, few-step sampling."""
+    return ModelConfig(
+        name="dnsep-base",
+        sample_rate=16000,
+        stft=STFTConfig(n_fft=512, hop_length=256, window="hann"),
+        transform=TransformConfig(kind="exponent", alpha=0.5, beta=0.15),
+        backbone=BackboneConfig(
+            name="osa_unet",
+            params={"channels": [32, 48, 64], "dilations": [1, 2, 4], "patch": 8, "num_convs": 2, "head_channels": 12},
+        ),
+        sde=SDEConfig(name="ouve", params={"theta": 1.5, "sigma_min": 0.05, "sigma_max": 0.5}),
+        sampler=SamplerConfig(predictor="reverse_diffusion", corrector="none", steps=4, t_eps=0.03),
+        postfilter=PostFilterConfig(name="deepfilter", params={"num_freqs": 96, "order": 3, "lookahead": 1}),
+        output=output,
+    )
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    batch_size: int = 8
+    segment_seconds: float = 2.0
+    lr: float = 1e-3
+    lr_min: float = 1e-4
+    warmup_steps: int = 200
+    max_steps: int = 100_000
+    time_limit: float | None = None  # seconds for this invocation
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: float = 300.0  # seconds
+    validate_every: int = 500  # steps
+    log_every: int = 25
+    t_eps: float = 0.03
+    t_bins: int = 100
+    seed: int = 0
+    device: str = "cpu"
+    postfilter_weight: float = 1.0
+    val_sampler: dict[str, Any] = field(default_factory=dict)  # SamplerConfig overrides for validation
+    # validate the one-shot estimate x0_hat = D(x_T, y, T) + post-filter (1 NFE): cheap, and it tracks
+    # the network's progress whatever sampler is chosen later
+    val_oneshot: bool = True
+
+
+def spectrum_loss(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-example ``0.3 |X_hat - X|^2 + 0.7 (|X_hat| - |X|)^2`` averaged over ``(M, F, T)``: ``(B,)``."""
+    dims = tuple(range(1, estimate.dim()))
+    complex_term = (estimate - target).abs().pow(2).mean(dims)
+    magnitude_term = (estimate.abs() - target.abs()).pow(2).mean(dims)
+    return 0.3 * complex_term + 0.7 * magnitude_term
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay from ``lr`` to ``lr_min`` over ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+def prepare_batch(model: ScoreModel, clean: torch.Tensor, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms ``(B, M, L)`` -> compressed spectrograms ``x0, y`` ``(B, M, F, T)``, peak-normalised by y."""
+    scale = noisy.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    return model.spectrogram(clean / scale), model.spectrogram(noisy / scale)
+
+
+def training_loss(
+    model: ScoreModel,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    t: torch.Tensor,
+    generator: torch.Generator | None,
+    postfilter_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example losses ``(B,)``: ``(diffusion loss, post-filter loss)`` for the model's parameterisation."""
+    p = perturb(model.sde, x0, y, t=t, generator=generator)
+    out = model._raw(p.x_t, y, p.t)
+    output = model.config.output
+    if output == "score":
+        # score_matching.dsm_loss per example (the importance sampler needs each one): |s std + z|^2
+        std = p.std.reshape(-1, *([1] * (x0.dim() - 1)))
+        per_example = (model.config.score_sign * out * std + p.z).abs().pow(2).flatten(1).sum(1)
+        loss = per_example
+        x0_hat = model.data_estimate(p.x_t, y, p.t) if model.postfilter is not None else None
+    elif output == "v":
+        target = model.v_target(x0, y, p.t, p.z)
+        loss = (out - target).abs().pow(2).flatten(1).mean(1)
+        x0_hat = model._data_from_v(p.x_t, y, p.t, out)
+    else:
+        x0_hat = out
+        loss = spectrum_loss(x0_hat, x0)
+    if model.postfilter is None or x0_hat is None:
+        return loss, torch.zeros_like(loss)
+    # the post-filter refines the estimate; its gradient must not reshape the backbone's estimate
+    pf_loss = spectrum_loss(model.apply_postfilter(x0_hat.detach(), y), x0)
+    return loss, postfilter_weight * pf_loss
+
+
+class EMA:
+    """Exponential moving average of the parameters and buffers: ``theta_ema <- d theta_ema + (1 - d) theta``."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        # warm-up of the decay (as in TF's ExponentialMovingAverage with num_updates) for early steps
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point or v.dtype.is_complex:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(self.shadow)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    elapsed: float = 0.0
+    best_score: float = -math.inf
+    best_step: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Owns the model, the optimiser, the EMA, the samplers of t and data, and the checkpoint files."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model_config: ModelConfig,
+        train_batches: Callable[[int, np.random.Generator], dict[str, torch.Tensor]],
+        validation: list[tuple[str, np.ndarray, np.ndarray]] | None = None,
+        card_info: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(cfg.device)
+        torch.manual_seed(cfg.seed)  # parameter initialisation only; every later draw uses our generators
+        self.model = ScoreModel(model_config).to(self.device)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.t_sampler = LossSecondMomentSampler(cfg.t_bins)
+        self.t_grid = torch.linspace(cfg.t_eps, self.model.sde.T, cfg.t_bins)
+        self.np_rng = np.random.default_rng(cfg.seed)
+        self.torch_rng = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.train_batches = train_batches
+        self.validation = validation or []
+        self.card_info = card_info or {}
+        self.state = TrainState()
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def save_state(self) -> Path:
+        payload = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.shadow,
+            "optim": self.optim.state_dict(),
+            "t_sampler": self.t_sampler.state_dict(),
+            "np_rng": json.dumps(self.np_rng.bit_generator.state),
+            "torch_rng": self.torch_rng.get_state(),
+            "state": json.dumps(asdict(self.state)),
+            "model_config": json.dumps(self.model.config.to_dict()),
+        }
+        tmp = self.out / (STATE_FILE + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(self.out / STATE_FILE)  # atomic: an interrupted save never corrupts the last checkpoint
+        return self.out / STATE_FILE
+
+    def load_state(self) -> None:
+        payload = torch.load(self.out / STATE_FILE, map_location=self.device, weights_only=True)
+        saved_config = ModelConfig.from_dict(json.loads(payload["model_config"]))
+        if saved_config.to_dict() != self.model.config.to_dict():
+            raise ValueError("the checkpoint was trained with another model configuration")
+        self.model.load_state_dict(payload["model"])
+        self.ema.shadow = payload["ema"]
+        self.optim.load_state_dict(payload["optim"])
+        self.t_sampler.load_state_dict(payload["t_sampler"])
+        self.np_rng.bit_generator.state = json.loads(payload["np_rng"])
+        self.torch_rng.set_state(payload["torch_rng"])
+        self.state = TrainState(**json.loads(payload["state"]))
+
+    # -- one step -----------------------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        batch = self.train_batches(cfg.batch_size, self.np_rng)
+        clean, noisy = batch["clean"].to(self.device), batch["noisy"].to(self.device)
+        x0, y = prepare_batch(model, clean, noisy)
+        idx, weights = self.t_sampler.sample(x0.shape[0], generator=self.torch_rng)
+        t = self.t_grid[idx].to(self.device)
+        z_gen = self.torch_rng if self.device.type == "cpu" else None
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss, pf_loss = training_loss(model, x0, y, t, z_gen, cfg.postfilter_weight)
+        self.t_sampler.update(idx, loss.detach().float())
+        total = (weights.to(self.device) * loss).mean() + pf_loss.mean()
+        for group in self.optim.param_groups:
+            group["lr"] = lr_at(self.state.step, cfg)
+        self.optim.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        self.optim.step()
+        self.ema.update(model, self.state.step)
+        self.state.step += 1
+        return {
+            "loss": float(loss.detach().mean()),
+            "pf_loss": float(pf_loss.detach().mean()),
+            "grad_norm": float(grad_norm),
+        }
+
+    # -- validation ------------------------------------------------------------------------------------------
+    def ema_model(self) -> ScoreModel:
+        ema_model = copy.deepcopy(self.model)
+        self.ema.copy_to(ema_model)
+        return ema_model.eval()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Enhance the validation items with the EMA model and a fast sampler; mean PESQ, ESTOI, SI-SDR."""
+        from dnsep_cli.metrics import estoi, pesq_wb, si_sdr
+
+        if not self.validation:
+            return {}
+        model = self.ema_model()
+        sampler = replace(model.config.sampler, **self.cfg.val_sampler)
+        sr = model.config.sample_rate
+        scores: dict[str, list[float]] = {"pesq": [], "estoi": [], "si_sdr": []}
+        gen = torch.Generator(device="cpu").manual_seed(1234)
+        for _, clean, noisy in self.validation:
+            enhanced = enhance_waveform(model, noisy, sampler, gen, oneshot=self.cfg.val_oneshot)
+            scores["pesq"].append(pesq_wb(clean, enhanced, sr))
+            scores["estoi"].append(estoi(clean, enhanced, sr))
+            scores["si_sdr"].append(si_sdr(clean, enhanced, sr))
+        return {k: float(np.mean(v)) for k, v in scores.items()}
+
+    # -- export ----------------------------------------------------------------------------------------------
+    def export(self, folder: Path, metrics: dict[str, float]) -> None:
+        card = model_card(self.model.config, self.model.num_parameters(), self.state, metrics, self.card_info)
+        self.ema_model().save_pretrained(folder, card=card)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def fit(self, progress: Callable[[int, dict[str, float]], None] | None = None) -> TrainState:
+        cfg = self.cfg
+        start = time.monotonic()
+        start_elapsed = self.state.elapsed
+        last_ckpt = start
+        log_path = self.out / LOG_FILE
+        new_log = not log_path.exists()
+        with log_path.open("a", newline="") as log_file:
+            writer = csv.writer(log_file)
+            if new_log:
+                writer.writerow(["step", "elapsed_s", "loss", "pf_loss", "grad_norm", "lr", "pesq", "estoi", "si_sdr"])
+            running: dict[str, float] = {}
+            while self.state.step < cfg.max_steps:
+                if cfg.time_limit is not None and time.monotonic() - start >= cfg.time_limit:
+                    break
+                stats = self.step()
+                for k, v in stats.items():
+                    running[k] = running.get(k, 0.0) + v
+                self.state.elapsed = start_elapsed + time.monotonic() - start
+                step = self.state.step
+                val: dict[str, float] = {}
+                if self.validation and step % cfg.validate_every == 0:
+                    val = self.validate()
+                    score = val["pesq"] + val["estoi"] + val["si_sdr"] / 20
+                    self.state.history.append({"step": step, **val})
+                    if score > self.state.best_score:
+                        self.state.best_score, self.state.best_step = score, step
+                        self.export(self.out / "best", val)
+                if step % cfg.log_every == 0 or val:
+                    n = max(1, step % cfg.log_every or cfg.log_every)
+                    means = {k: v / n for k, v in running.items()}
+                    running = {}
+                    writer.writerow(
+                        [
+                            step,
+                            f"{self.state.elapsed:.1f}",
+                            f"{means.get('loss', float('nan')):.5f}",
+                            f"{means.get('pf_loss', float('nan')):.5f}",
+                            f"{means.get('grad_norm', float('nan')):.3f}",
+                            f"{lr_at(step, cfg):.2e}",
+                            *(f"{val[k]:.4f}" if k in val else "" for k in ("pesq", "estoi", "si_sdr")),
+                        ]
+                    )
+                    log_file.flush()
+                    if progress is not None:
+                        progress(step, {**means, **val})
+                if time.monotonic() - last_ckpt >= cfg.checkpoint_every:
+                    self.save_state()
+                    last_ckpt = time.monotonic()
+        self.save_state()
+        self.export(self.out / "last", self.state.history[-1] if self.state.history else {})
+        return self.state
+
+
+@torch.no_grad()
+def enhance_waveform(
+    model: ScoreModel,
+    noisy: np.ndarray,
+    sampler: SamplerConfig,
+    generator: torch.Generator | None,
+    oneshot: bool = False,
+) -> np.ndarray:
+    """One mono waveform at the model rate, whole (no chunking): the validation path of training.
+
+    ``oneshot``: instead of the sampler, the network's estimate from the prior, ``D(x_T, y, T)``.
+    """
+    device = next(model.parameters()).device
+    wav = torch.as_tensor(noisy, dtype=torch.float32, device=device)[None, None]
+    scale = wav.abs().max().clamp_min(1e-8)
+    y = model.spectrogram(wav / scale)
+    if oneshot:
+        t_T = torch.full((1,), model.sde.T, device=device)
+        x_hat = model.apply_postfilter(model.data_estimate(model.sde.prior_sampling(y, generator), y, t_T), y)
+    else:
+        x_hat, _ = enhance_spectrogram(model, y, sampler, generator=generator)
+    return (model.waveform(x_hat, wav.shape[-1]) * scale)[0, 0].cpu().numpy()
+
+
+def model_card(
+    config: ModelConfig, num_params: int, state: TrainState, metrics: dict[str, float], info: dict[str, Any]
+) -> str:
+    """A MODEL_CARD.md for an exported model: what it is, what it saw, how it was trained, how it scores."""
+    lines = [
+        f"# {config.name}",
+        "",
+        "A dnsep score-based speech enhancement model.",
+        "",
+        "## Model",
+        f"- Backbone: `{config.backbone.name}` {json.dumps(config.backbone.params)}, {num_params:,} parameters",
+        f"- Output parameterisation: {config.output}; SDE: {config.sde.name} {json.dumps(config.sde.params)}",
+        f"- STFT: n_fft {config.stft.n_fft}, hop {config.stft.hop_length}; sample rate {config.sample_rate} Hz",
+        "",
+        "## Training data",
+        info.get("data", "(not recorded)"),
+        "",
+        "## Training",
+        f"- Steps: {state.step}; wall time: {state.elapsed / 3600:.2f} h; hardware: {info.get('hardware', 'unknown')}",
+        f"- Exported at step {state.step} (EMA weights)",
+        "",
+        "## Measured quality",
+    ]
+    if metrics:
+        lines.append("| PESQ-WB | ESTOI | SI-SDR (dB) |")
+        lines.append("|---|---|---|")
+        lines.append(
+            f"| {metrics.get('pesq', float('nan')):.3f} | {metrics.get('estoi', float('nan')):.3f} | "
+            f"{metrics.get('si_sdr', float('nan')):.2f} |"
+        )
+        lines.append("")
+        lines.append(info.get("validation", "On the training run's validation items (fast sampler)."))
+    else:
+        lines.append("(no validation run)")
+    return "\n".join(lines) + "\n"
