@@ -1,0 +1,320 @@
+"""``dnsep enhance``: enhance files and folders, for people and for shell scripts.
+
+    dnsep enhance noisy.wav clean.wav              one file
+    dnsep enhance a.wav b.flac out/                several files into a folder (like cp)
+    dnsep enhance recordings/ enhanced/            a folder, recursively, keeping its tree
+    dnsep enhance recordings/ -o enhanced/ --json  the same, with a machine-readable report
+
+Exit codes: 0 every file enhanced (or skipped because its output exists); 1 some file failed (the others
+still ran); 2 a bad command line. Outputs are written atomically, never over an input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+from dnsep_cli.errors import DnsepError, UsageError
+
+AUDIO_EXTENSIONS_HELP = "wav,flac,ogg,oga,aif,aiff,au,caf,w64,rf64,mp3"
+
+
+@dataclass
+class Job:
+    """One input file and where its output goes; ``error`` set when it cannot run (reported, not fatal)."""
+
+    input: Path
+    output: Path | None
+    error: str | None = None
+
+
+@dataclass
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
+
+
+def parse_extensions(ext: str | None) -> tuple[str, ...]:
+    text = ext or AUDIO_EXTENSIONS_HELP
+    exts = tuple(sorted({"." + e.strip().lower().lstrip(".") for e in text.split(",") if e.strip()}))
+    if not exts:
+        raise UsageError("--ext: give at least one extension, e.g. wav,flac")
+    return exts
+
+
+def _find_audio(folder: Path, exts: tuple[str, ...], exclude: Path | None) -> list[Path]:
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.suffix.lower() not in exts or path.name.startswith("."):
+            continue
+        if exclude is not None and exclude in path.resolve().parents:
+            continue  # our own output folder inside the input folder: never re-enhance outputs
+        found.append(path)
+    return found
+
+
+def plan_jobs(paths: list[Path], output: Path | None, exts: tuple[str, ...], format: str | None) -> Plan:
+    """Map inputs to outputs. ``output`` is a file when there is one input file and ``output`` is not an
+    existing folder (nor ends in a slash); otherwise a folder: files go to ``output/name``, folders to
+    ``output/<path inside the folder>``. ``--format`` changes the output extension in folder mode."""
+    from dnsep_cli.audio import FORMAT_EXTENSIONS
+
+    if not paths:
+        raise UsageError("give the input file(s) or folder(s) and an output")
+    if output is None:
+        if len(paths) < 2:
+            raise UsageError("give an output: dnsep enhance IN OUT (or -o OUT)")
+        paths, output = paths[:-1], paths[-1]
+    plan = Plan()
+    output_is_file = (
+        len(paths) == 1 and not paths[0].is_dir() and not output.is_dir() and not str(output).endswith(("/", "\\"))
+    )
+    if output_is_file:
+        if paths[0].exists() and (
+            paths[0].resolve() == output.resolve() or (output.exists() and paths[0].samefile(output))
+        ):
+            raise UsageError(f"{output}: the output is the input file; refusing to overwrite the input")
+        plan.jobs.append(Job(paths[0], output, None if paths[0].exists() else f"{paths[0]}: no such file or folder"))
+        return plan
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"{output}: several inputs need an output folder, and this is a file")
+    out_root = output.resolve()
+    new_ext = FORMAT_EXTENSIONS.get(format.upper()) if format else None
+
+    def target(rel: Path) -> Path:
+        return output / (rel.with_suffix(new_ext) if new_ext else rel)
+
+    for path in paths:
+        if not path.exists():
+            plan.jobs.append(Job(path, None, f"{path}: no such file or folder"))
+        elif path.is_dir():
+            if path.resolve() == out_root and not new_ext:
+                raise UsageError(f"{output}: the output folder is the input folder; outputs would replace inputs")
+            files = _find_audio(path, exts, out_root)
+            if not files:
+                plan.jobs.append(Job(path, None, f"{path}: no audio files here (looked for {', '.join(exts)})"))
+            plan.jobs += [Job(f, target(f.relative_to(path))) for f in files]
+        else:
+            plan.jobs.append(Job(path, target(Path(path.name))))
+    seen: dict[Path, Path] = {}
+    for job in plan.jobs:
+        if job.output is None or job.error:
+            continue
+        key = job.output.resolve()
+        if key in seen:
+            job.error = f"{job.input}: same output {job.output} as {seen[key]}; skipped"
+        else:
+            seen[key] = job.input
+    return plan
+
+
+def enhance(
+    paths: list[Path] = typer.Argument(
+        ..., help="Input files and/or folders, then the output file or folder (or use -o).", show_default=False
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output file or folder."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Shipped model name, model folder, hf:owner/name[@rev], or SGMSE+ .ckpt."
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Reverse-process steps (default: the model's)."),
+    sampler: str | None = typer.Option(None, "--sampler", help="pc (predictor-corrector) or ode."),
+    predictor: str | None = typer.Option(None, "--predictor", help="reverse_diffusion, euler_maruyama or none."),
+    corrector: str | None = typer.Option(None, "--corrector", help="ald, langevin or none."),
+    snr: float | None = typer.Option(None, "--snr", help="Corrector signal-to-noise ratio (> 0)."),
+    corrector_steps: int | None = typer.Option(None, "--corrector-steps", help="Corrector steps per step (>= 0)."),
+    t_eps: float | None = typer.Option(None, "--t-eps", help="Smallest diffusion time of the reverse process."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed: same seed and device, same output."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (fp16: CUDA only)."),
+    chunk_seconds: float | None = typer.Option(None, "--chunk-seconds", help="Chunk length in seconds."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Chunks per sampler batch."),
+    atten_lim_db: float | None = typer.Option(
+        None, "--atten-lim-db", help="Remove at most this many dB of noise (mixes some input back; default: no limit)."
+    ),
+    no_postfilter: bool = typer.Option(False, "--no-postfilter", help="Skip the DeepFilter post-filter."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them)."),
+    ext: str | None = typer.Option(
+        None, "--ext", help=f"Extensions to take from folders, comma-separated [default: {AUDIO_EXTENSIONS_HELP}]."
+    ),
+    format: str | None = typer.Option(
+        None, "--format", help="Output format (WAV, FLAC, OGG, ...): default the input's."
+    ),
+    subtype: str | None = typer.Option(None, "--subtype", help="Output subtype (PCM_16, PCM_24, FLOAT, ...)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON report of every file on stdout."),
+) -> None:
+    """Enhance noisy speech files with a score-based model."""
+    exts = parse_extensions(ext)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    if format is not None or subtype is not None:
+        import soundfile as sf
+
+        if format is not None and format.upper() not in sf.available_formats():
+            raise UsageError(f"unknown --format {format!r}")
+        if subtype is not None and subtype.upper() not in sf.available_subtypes():
+            raise UsageError(f"unknown --subtype {subtype!r}")
+    plan = plan_jobs(list(paths), output, exts, format)
+    overrides = {
+        "steps": steps,
+        "sampler": sampler,
+        "predictor": predictor,
+        "corrector": corrector,
+        "snr": snr,
+        "corrector_steps": corrector_steps,
+        "t_eps": t_eps,
+        "chunk_seconds": chunk_seconds,
+        "batch_size": batch_size,
+        "atten_lim_db": atten_lim_db,
+    }
+    if no_postfilter:
+        overrides["postfilter"] = False
+
+    import torch
+
+    from dnsep_cli.enhance import Enhancer, FileReport
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if quiet or as_json:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    enhancer = Enhancer.from_pretrained(model, device=device, precision=precision, **overrides)
+
+    reports: list[FileReport] = []
+    show_bars = not quiet and not as_json and sys.stderr.isatty()
+    runner = _BarRunner(len(plan.jobs)) if show_bars else None
+    try:
+        for job in plan.jobs:
+            report = _run_job(enhancer, job, overwrite, format, subtype, seed, runner)
+            reports.append(report)
+            if report.status == "failed":
+                _echo_err(runner, f"dnsep: error: {report.error}")
+            elif not quiet and not as_json:
+                _echo(runner, _describe(report))
+            if runner is not None:
+                runner.file_done()
+    finally:
+        if runner is not None:
+            runner.stop()
+
+    failed = sum(r.status == "failed" for r in reports)
+    if as_json:
+        doc = {
+            "model": enhancer.source.describe() if enhancer.source else None,
+            "device": str(enhancer.device),
+            "settings": _settings_dict(enhancer),
+            "ok": sum(r.status == "ok" for r in reports),
+            "skipped": sum(r.status == "skipped" for r in reports),
+            "failed": failed,
+            "files": [r.to_dict() for r in reports],
+        }
+        typer.echo(json.dumps(doc, indent=2))
+    elif not quiet and len(reports) > 1:
+        ok = sum(r.status == "ok" for r in reports)
+        skipped = sum(r.status == "skipped" for r in reports)
+        typer.echo(f"{ok} enhanced, {skipped} skipped, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _settings_dict(enhancer) -> dict:
+    from dataclasses import asdict
+
+    return asdict(enhancer.settings) | {"nfe_per_chunk": enhancer.nfe_per_chunk(), "precision": enhancer.precision}
+
+
+def _run_job(enhancer, job: Job, overwrite: bool, format, subtype, seed, runner):
+    from dnsep_cli.enhance import FileReport
+
+    if job.error is not None or job.output is None:
+        return FileReport(str(job.input), None, "failed", error=job.error)
+    try:
+        progress = runner.file_progress(job.input.name) if runner is not None else None
+        return enhancer.enhance_file(
+            job.input, job.output, overwrite=overwrite, format=format, subtype=subtype, seed=seed, progress=progress
+        )
+    except UsageError:
+        raise
+    except DnsepError as err:
+        return FileReport(str(job.input), str(job.output), "failed", error=str(err))
+    except (MemoryError, RuntimeError, OSError, ValueError) as err:
+        # An unexpected failure of one file must not stop the batch: one line, and the next file.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return FileReport(
+            str(job.input), str(job.output), "failed", error=f"{job.input}: {type(err).__name__}: {first}"
+        )
+
+
+def _describe(report) -> str:
+    if report.status == "skipped":
+        return f"skipped {report.input}: {report.output} exists (use --overwrite)"
+    rtf = f", RTF {report.rtf:.2f}" if report.rtf is not None else ""
+    line = f"{report.input} -> {report.output} ({report.duration_s:.1f} s audio, {report.elapsed_s:.1f} s{rtf})"
+    for note in report.notes:
+        line += f"\n  note: {note}"
+    return line
+
+
+def _echo(runner, text: str) -> None:
+    if runner is not None:
+        runner.console.print(text, highlight=False, markup=False)
+    else:
+        typer.echo(text)
+
+
+def _echo_err(runner, text: str) -> None:
+    if runner is not None:
+        runner.console.print(text, highlight=False, markup=False)
+    else:
+        typer.echo(text, err=True)
+
+
+class _BarRunner:
+    """Two rich progress bars on stderr: files, and the current file's chunks with the sampler step."""
+
+    def __init__(self, num_files: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+        self.files = self.progress.add_task("files", total=num_files, detail="")
+        self.chunks = None
+
+    def file_progress(self, name: str):
+        from dnsep_cli.enhance import Progress as Update
+
+        if self.chunks is not None:
+            self.progress.remove_task(self.chunks)
+        self.chunks = self.progress.add_task(f"  {name}", total=None, detail="")
+
+        def update(p: Update) -> None:
+            detail = f"step {p.step}/{p.steps}" if p.step else ""
+            self.progress.update(self.chunks, total=p.chunks_total, completed=p.chunks_done, detail=detail)
+
+        return update
+
+    def file_done(self) -> None:
+        self.progress.advance(self.files)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("enhance")(enhance)

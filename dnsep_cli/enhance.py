@@ -1,0 +1,620 @@
+"""The enhancement pipeline behind ``dnsep enhance``, as a library: ``Enhancer``.
+
+    enhancer = Enhancer.from_pretrained("dnsep-base")          # or a folder, "hf:owner/name", an SGMSE+ .ckpt
+    clean = enhancer.enhance(noisy, sample_rate, seed=0)      # (L,) or (L, C) in, same shape and rate out
+    report = enhancer.enhance_file("in.wav", "out.wav")
+
+Per file, as a stream of blocks so that memory stays flat however long the file is::
+
+    read (blocks) --> / peak --> resample to the model rate --> chunks (waveform domain, chunking.py)
+      --> batches of chunks: STFT + compression, frames padded to frame_multiple
+      --> reverse process (PC sampler or probability-flow ODE) --> DeepFilter post-filter --> iSTFT
+      --> cross-faded overlap-add --> resample to the input rate --> x peak --> [attenuation limit]
+      --> spooled to disk --> one gain for the whole file if it would clip --> atomic write
+
+- Level: the input is divided by its peak ``max |y|`` over all channels (one factor per file, found in a
+  first pass) as the model was trained, and the output multiplied back, so it keeps the input's level.
+- Randomness: one ``torch.Generator`` per file, seeded from ``seed`` (drawn at random and reported when not
+  given); the same seed, device and settings give the same output.
+- Channels: a backbone that mixes channels sees all of them together; otherwise they are folded into the
+  batch. Every channel is enhanced.
+- Attenuation limit (DeepFilterNet's): ``out = lim * noisy + (1 - lim) * enhanced``, ``lim = 10^(-|dB|/20)``,
+  so noise is attenuated by at most ``|dB|``.
+- Clipping: where the output would exceed full scale, the whole file is scaled down (by one gain, so
+  nothing changes shape) to ``CLIP_CEILING`` and the report says by how much.
+- All-zero input gives all-zero output without running the model; NaN/Inf samples are refused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dnsep_cli.audio import (
+    AtomicWriter,
+    AudioInfo,
+    FloatSpool,
+    StreamResampler,
+    audio_info,
+    check_writable_folder,
+    iter_blocks,
+    resolve_output_format,
+)
+from dnsep_cli.chunking import Chunk, ChunkLayout, ChunkSplitter, OverlapAdd
+from dnsep_cli.config import SamplerConfig
+from dnsep_cli.errors import DnsepError, UsageError
+from dnsep_cli.hub import ModelSource
+
+if TYPE_CHECKING:
+    import torch
+
+    from dnsep_cli.model import ScoreModel
+
+# -0.1 dBFS: where a file would clip, its peak is brought down to this.
+CLIP_CEILING = 10 ** (-0.1 / 20)
+PRECISIONS = ("fp32", "bf16", "fp16")
+BLOCK_SECONDS = 20.0  # read and write blocks of this length (input rate)
+
+
+@dataclass(frozen=True)
+class EnhanceSettings:
+    """How to enhance: the reverse-process settings plus chunking, batching, post-filter and limits."""
+
+    sampler: SamplerConfig
+    postfilter: bool = True
+    chunk_seconds: float = 8.0
+    overlap_seconds: float = 1.0
+    batch_size: int = 1
+    atten_lim_db: float | None = None
+
+
+# Keyword overrides accepted by Enhancer.from_pretrained / enhance / enhance_file.
+SAMPLER_KEYS = tuple(f.name for f in fields(SamplerConfig))
+SETTING_KEYS = ("postfilter", "chunk_seconds", "overlap_seconds", "batch_size", "atten_lim_db")
+
+
+@dataclass
+class Progress:
+    """Where a file is: chunks done of the total, and the sampler step of the batch under way."""
+
+    chunks_done: int
+    chunks_total: int
+    step: int
+    steps: int
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class FileReport:
+    """What happened to one file (``status``: ok, skipped or failed); ``to_dict`` for ``--json``."""
+
+    input: str
+    output: str | None
+    status: str
+    error: str | None = None
+    duration_s: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    format: str | None = None
+    subtype: str | None = None
+    chunks: int = 0
+    nfe: int = 0
+    seed: int | None = None
+    elapsed_s: float | None = None
+    rtf: float | None = None
+    clip_gain_db: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _RunStats:
+    chunks: int = 0
+    nfe: int = 0
+    seed: int = 0
+    clip_gain_db: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# -- sources and sinks: the same streaming core serves arrays and files -------------------------------------
+
+
+class _ArraySource:
+    def __init__(self, audio: np.ndarray, sample_rate: int) -> None:
+        self.audio, self.sample_rate = audio, sample_rate
+        self.frames, self.channels = audio.shape
+        self.name = "audio"
+
+    def blocks(self, block_frames: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.frames, block_frames):
+            yield self.audio[start : start + block_frames]
+
+
+class _FileSource:
+    def __init__(self, info: AudioInfo) -> None:
+        self.info = info
+        self.sample_rate, self.frames, self.channels = info.sample_rate, info.frames, info.channels
+        self.name = str(info.path)
+
+    def blocks(self, block_frames: int) -> Iterator[np.ndarray]:
+        return iter_blocks(self.info.path, block_frames)
+
+
+class _ArraySink:
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.peak = 0.0
+
+    def write(self, block: np.ndarray) -> None:
+        self.parts.append(block)
+        self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
+
+    def result(self, gain: float, channels: int) -> np.ndarray:
+        out = np.concatenate(self.parts) if self.parts else np.zeros((0, channels), np.float32)
+        return out * np.float32(gain) if gain != 1.0 else out
+
+
+class _SpoolSink:
+    """Spools the output to a raw float file beside the target, for the one-gain clip check."""
+
+    def __init__(self, target: Path, channels: int) -> None:
+        self.spool = FloatSpool(target, channels)
+        self.peak = 0.0
+
+    def write(self, block: np.ndarray) -> None:
+        self.spool.write(block)
+        self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
+
+
+def _scan(source: _ArraySource | _FileSource, block_frames: int) -> float:
+    """First pass: the peak over all samples and channels; NaN or Inf anywhere is an error."""
+    peak, pos = 0.0, 0
+    for block in source.blocks(block_frames):
+        bad = ~np.isfinite(block)
+        if bad.any():
+            first = pos + int(np.argmax(bad.any(axis=1)))
+            raise DnsepError(
+                f"{source.name}: contains NaN or Inf samples (first at {first / source.sample_rate:.3f} s)"
+            )
+        peak = max(peak, float(np.abs(block).max(initial=0.0)))
+        pos += len(block)
+    if pos == 0:
+        raise DnsepError(f"{source.name}: no audio samples (0-length file)")
+    return peak
+
+
+def _pad_frames(spec: torch.Tensor, frames: int, mode: str) -> torch.Tensor:
+    """Pad ``(..., F, T)`` to ``frames`` on the right: zeros (``constant``) or mirrored frames (``reflect``,
+    repeated when the pad is longer than the signal; a single frame is repeated)."""
+    import torch
+    import torch.nn.functional as F
+
+    missing = frames - spec.shape[-1]
+    if missing <= 0:
+        return spec
+    if mode == "constant":
+        return F.pad(spec, (0, missing))
+    if mode != "reflect":
+        raise ValueError(f"unknown pad_mode {mode!r}")
+    while spec.shape[-1] < frames:
+        if spec.shape[-1] == 1:
+            return spec.expand(*spec.shape[:-1], frames).clone()
+        n = min(frames - spec.shape[-1], spec.shape[-1] - 1)
+        spec = torch.cat([spec, spec[..., -n - 1 : -1].flip(-1)], dim=-1)
+    return spec
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; one line if not available."""
+    import torch
+
+    text = str(device).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+        index_text = text.partition(":")[2]
+        if index_text:
+            if not index_text.isdigit():
+                raise UsageError(f"--device {device}: expected cuda:N with N a GPU index")
+            if int(index_text) >= torch.cuda.device_count():
+                raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return torch.device(text)
+    raise UsageError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N")
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise UsageError("--precision fp16 needs a CUDA device (bf16 works on CPU too)")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+class Enhancer:
+    """A loaded model plus the settings to run it; see the module docstring for the pipeline."""
+
+    def __init__(
+        self,
+        model: ScoreModel,
+        settings: EnhanceSettings | None = None,
+        *,
+        source: ModelSource | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+    ) -> None:
+        self.device = resolve_device(device)
+        self.autocast_dtype = _autocast_dtype(precision, self.device)
+        self.precision = precision
+        self.model = model.to(self.device).eval()
+        self.source = source
+        cfg = model.config
+        base = settings or EnhanceSettings(
+            sampler=cfg.sampler,
+            postfilter=model.postfilter is not None,
+            chunk_seconds=cfg.chunk_seconds,
+            overlap_seconds=cfg.overlap_seconds,
+        )
+        self.settings = self._validated(base)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        **overrides: Any,
+    ) -> Enhancer:
+        """Load a model (shipped name, folder, ``hf:owner/name[@rev]``, SGMSE+ ``.ckpt``; default: the shipped
+        default) on ``device``; ``overrides`` are sampler fields (``steps``, ``snr``, ...) or settings
+        (``chunk_seconds``, ``batch_size``, ``postfilter``, ``atten_lim_db``, ...)."""
+        from dnsep_cli.hub import load_model, resolve_model
+
+        torch_device = resolve_device(device)
+        _autocast_dtype(precision, torch_device)
+        source = resolve_model(name_or_path)
+        enhancer = cls(load_model(source, torch_device), source=source, device=torch_device, precision=precision)
+        enhancer.settings = enhancer.with_overrides(**overrides)
+        return enhancer
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.config.sample_rate
+
+    # -- settings ----------------------------------------------------------------------------------------------
+    def with_overrides(self, **overrides: Any) -> EnhanceSettings:
+        """The current settings with some fields replaced (``None`` values are ignored), validated."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(overrides) - set(SAMPLER_KEYS) - set(SETTING_KEYS)
+        if unknown:
+            raise UsageError(f"unknown enhancement option(s): {', '.join(sorted(unknown))}")
+        sampler_changes = {k: v for k, v in overrides.items() if k in SAMPLER_KEYS}
+        other = {k: v for k, v in overrides.items() if k in SETTING_KEYS}
+        settings = replace(self.settings, sampler=replace(self.settings.sampler, **sampler_changes), **other)
+        return self._validated(settings)
+
+    def _validated(self, s: EnhanceSettings) -> EnhanceSettings:
+        from dnsep_cli.sampling import CORRECTORS, PREDICTORS, SAMPLERS
+
+        sm, sde = s.sampler, self.model.sde
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UsageError(message)
+
+        need(sm.sampler in SAMPLERS, f"unknown sampler {sm.sampler!r}: use {', '.join(SAMPLERS)}")
+        need(sm.predictor in PREDICTORS, f"unknown predictor {sm.predictor!r}: use {', '.join(PREDICTORS)}")
+        need(sm.corrector in CORRECTORS, f"unknown corrector {sm.corrector!r}: use {', '.join(CORRECTORS)}")
+        need(int(sm.steps) == sm.steps and sm.steps >= 1, f"--steps must be an integer >= 1, got {sm.steps}")
+        need(
+            int(sm.corrector_steps) == sm.corrector_steps and sm.corrector_steps >= 0,
+            f"--corrector-steps must be an integer >= 0, got {sm.corrector_steps}",
+        )
+        need(math.isfinite(sm.snr) and sm.snr > 0, f"--snr must be > 0, got {sm.snr}")
+        need(0 < sm.t_eps < sde.T, f"--t-eps must be in (0, {sde.T:g}), got {sm.t_eps}")
+        if sm.t_start is not None:
+            need(sm.t_eps < sm.t_start <= sde.T, f"t_start must be in (t_eps, {sde.T:g}], got {sm.t_start}")
+        need(int(s.batch_size) == s.batch_size and s.batch_size >= 1, f"--batch-size must be >= 1, got {s.batch_size}")
+        need(s.chunk_seconds > 0, f"--chunk-seconds must be > 0, got {s.chunk_seconds}")
+        need(s.overlap_seconds >= 0, f"overlap must be >= 0 s, got {s.overlap_seconds}")
+        if s.atten_lim_db is not None:
+            need(math.isfinite(s.atten_lim_db), f"--atten-lim-db must be a number of dB, got {s.atten_lim_db}")
+        self._layout(s)
+        return replace(s, postfilter=s.postfilter and self.model.postfilter is not None)
+
+    def _layout(self, s: EnhanceSettings) -> ChunkLayout:
+        stft = self.model.config.stft
+        try:
+            return ChunkLayout.from_seconds(
+                s.chunk_seconds, s.overlap_seconds, self.sample_rate, stft.hop_length, stft.n_fft
+            )
+        except ValueError as err:
+            raise UsageError(f"--chunk-seconds: {err}") from None
+
+    def nfe_per_chunk(self, settings: EnhanceSettings | None = None) -> int:
+        """Score evaluations per chunk at these settings (plus one for a StoRM-style start)."""
+        from dnsep_cli.sampling import count_nfe
+
+        sm = (settings or self.settings).sampler
+        nfe = count_nfe(sm.sampler, sm.steps, sm.predictor, sm.corrector, sm.corrector_steps, denoise=sm.denoise)
+        return nfe + int(sm.t_start is not None)
+
+    # -- public API --------------------------------------------------------------------------------------------
+    def enhance(
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        seed: int | None = None,
+        progress: ProgressFn | None = None,
+        **overrides: Any,
+    ) -> np.ndarray:
+        """Enhance ``(L,)`` or ``(L, C)`` audio (time first, as soundfile returns it) at any sample rate;
+        returns the same shape, rate and float dtype (integer input: same integer dtype)."""
+        settings = self.with_overrides(**overrides)
+        audio = np.asarray(audio)
+        if audio.ndim not in (1, 2):
+            raise DnsepError(f"audio must be (L,) or (L, C), got shape {audio.shape}")
+        if audio.ndim == 2 and audio.shape[1] > 64 and audio.shape[0] <= 64:
+            raise DnsepError(f"audio of shape {audio.shape} looks like (C, L): pass it time first, (L, C)")
+        if int(sample_rate) != sample_rate or sample_rate <= 0:
+            raise DnsepError(f"sample rate must be a positive integer, got {sample_rate}")
+        dtype = audio.dtype
+        if np.issubdtype(dtype, np.integer):
+            full_scale = float(np.iinfo(dtype).max) + 1
+            data = audio.astype(np.float32) / full_scale
+        elif np.issubdtype(dtype, np.floating):
+            data = audio.astype(np.float32, copy=False)
+        else:
+            raise DnsepError(f"audio must be a float or integer array, got {dtype}")
+        data2d = data[:, None] if data.ndim == 1 else data
+        sink = _ArraySink()
+        stats = self._run(_ArraySource(data2d, int(sample_rate)), sink, settings, seed, progress)
+        gain = self._clip_gain(sink.peak, stats)
+        out = sink.result(gain, data2d.shape[1])
+        out = out[:, 0] if audio.ndim == 1 else out
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            return np.clip(np.round(out * full_scale), info.min, info.max).astype(dtype)
+        return out.astype(dtype, copy=False)
+
+    def enhance_file(
+        self,
+        in_path: str | Path,
+        out_path: str | Path,
+        *,
+        overwrite: bool = False,
+        format: str | None = None,
+        subtype: str | None = None,
+        seed: int | None = None,
+        progress: ProgressFn | None = None,
+        **overrides: Any,
+    ) -> FileReport:
+        """Enhance one file into ``out_path`` (written atomically, in the input's format/subtype unless
+        ``format``/``subtype`` say otherwise). An existing output is skipped unless ``overwrite``; writing over
+        the input is refused. Raises ``DnsepError`` on failure; the returned report has status ok/skipped."""
+        in_path, out_path = Path(in_path), Path(out_path)
+        settings = self.with_overrides(**overrides)
+        info = audio_info(in_path)
+        if _same_file(in_path, out_path):
+            raise DnsepError(f"{out_path}: output is the input file; refusing to overwrite the input")
+        fmt, sub = resolve_output_format(info, out_path, format, subtype)
+        report = FileReport(
+            str(in_path),
+            str(out_path),
+            "ok",
+            duration_s=info.duration,
+            sample_rate=info.sample_rate,
+            channels=info.channels,
+            format=fmt,
+            subtype=sub,
+        )
+        if out_path.exists() and not overwrite:
+            report.status = "skipped"
+            report.notes.append("output exists (use --overwrite)")
+            return report
+        if out_path.is_dir():
+            raise DnsepError(f"{out_path}: is a folder; give an output file name")
+        check_writable_folder(out_path.parent)
+        start = time.perf_counter()
+        sink = _SpoolSink(out_path, info.channels)
+        try:
+            stats = self._run(_FileSource(info), sink, settings, seed, progress)
+            gain = self._clip_gain(sink.peak, stats)
+            block = max(1, int(BLOCK_SECONDS * info.sample_rate))
+            with AtomicWriter(out_path, info.sample_rate, info.channels, fmt, sub) as writer:
+                for part in sink.spool.blocks(block):
+                    writer.write(part * np.float32(gain) if gain != 1.0 else part)
+        finally:
+            sink.spool.close()
+        report.elapsed_s = time.perf_counter() - start
+        report.rtf = report.elapsed_s / info.duration if info.duration > 0 else None
+        report.chunks, report.nfe, report.seed = stats.chunks, stats.nfe, stats.seed
+        report.clip_gain_db, report.notes = stats.clip_gain_db, stats.notes
+        return report
+
+    # -- the streaming core ------------------------------------------------------------------------------------
+    @staticmethod
+    def _clip_gain(peak: float, stats: _RunStats) -> float:
+        if peak <= 1.0:
+            return 1.0
+        gain = CLIP_CEILING / peak
+        stats.clip_gain_db = 20 * math.log10(gain)
+        stats.notes.append(f"output would clip (peak {peak:.3f}): scaled by {stats.clip_gain_db:.2f} dB")
+        return gain
+
+    def _run(
+        self,
+        source: _ArraySource | _FileSource,
+        sink: _ArraySink | _SpoolSink,
+        settings: EnhanceSettings,
+        seed: int | None,
+        progress: ProgressFn | None,
+    ) -> _RunStats:
+        import torch
+
+        rate, channels, frames = source.sample_rate, source.channels, source.frames
+        block_frames = max(1, int(BLOCK_SECONDS * rate))
+        stats = _RunStats(seed=int.from_bytes(os.urandom(4), "little") if seed is None else int(seed))
+        peak = _scan(source, block_frames)
+        if peak == 0.0:
+            stats.notes.append("silent input (all zeros): output is silence")
+            for block in source.blocks(block_frames):
+                sink.write(np.zeros_like(block))
+            return stats
+        scale = peak if self.model.config.normalize == "peak" else 1.0
+        model_rate = self.sample_rate
+        if rate != model_rate:
+            stats.notes.append(f"resampled {rate} Hz -> {model_rate} Hz for the model and back")
+        lim = None if settings.atten_lim_db is None else 10 ** (-abs(settings.atten_lim_db) / 20)
+
+        layout = self._layout(settings)
+        expected = round(frames * model_rate / rate)
+        chunks_total = max(1, layout.num_chunks(expected))
+        generator = torch.Generator(device=self.device).manual_seed(stats.seed)
+        down = StreamResampler(rate, model_rate, channels)
+        up = StreamResampler(model_rate, rate, channels)
+        splitter = ChunkSplitter(layout, channels)
+        ola = OverlapAdd(layout, channels)
+        noisy: deque[np.ndarray] = deque()  # input blocks not yet matched by output (attenuation limit)
+        written = 0
+        pending: list[Chunk] = []
+
+        def emit(out: np.ndarray) -> None:
+            """Input-rate ``(n, C)`` normalised output: restore the level, mix in the input, write."""
+            nonlocal written
+            out = out[: frames - written] * np.float32(scale)
+            if lim is not None:
+                mixed, filled = np.empty_like(out), 0
+                while filled < len(out):
+                    head = noisy[0]
+                    take = min(len(head), len(out) - filled)
+                    mixed[filled : filled + take] = lim * head[:take] + (1 - lim) * out[filled : filled + take]
+                    filled += take
+                    if take == len(head):
+                        noisy.popleft()
+                    else:
+                        noisy[0] = head[take:]
+                out = mixed
+            if len(out):
+                sink.write(out.astype(np.float32, copy=False))
+                written += len(out)
+
+        def run_batch(batch: list[Chunk]) -> None:
+            def on_step(step: int, steps: int) -> None:
+                if progress is not None:
+                    progress(Progress(stats.chunks, chunks_total, step, steps))
+
+            outputs, nfe = self._enhance_chunks(batch, settings, generator, on_step)
+            stats.nfe += nfe
+            for chunk, out in zip(batch, outputs, strict=True):
+                done = ola.add(chunk, out)
+                emit(up.push(done.T))
+                stats.chunks += 1
+            if progress is not None:
+                progress(Progress(stats.chunks, chunks_total, 0, settings.sampler.steps))
+
+        def drain(final: bool) -> None:
+            nonlocal pending
+            while len(pending) >= settings.batch_size or (final and pending):
+                batch, pending = pending[: settings.batch_size], pending[settings.batch_size :]
+                run_batch(batch)
+
+        for block in source.blocks(block_frames):
+            if lim is not None:
+                noisy.append(block)
+            pending += splitter.push(down.push(block / np.float32(scale)).T)
+            drain(final=False)
+        pending += splitter.push(down.finish().T)
+        pending += splitter.finish()
+        if stats.chunks == 0 and not pending:
+            stats.notes.append("too short to reach the model rate: output is silence")
+        elif pending and pending[0].index == 0 and pending[-1].length < self.model.config.stft.n_fft:
+            stats.notes.append("shorter than one STFT frame: zero-padded for the model")
+        drain(final=True)
+        emit(up.finish())
+        if written < frames:  # resampling rounds the length; the last few samples are zeros
+            emit(np.zeros((frames - written, channels), np.float32))
+        return stats
+
+    def _enhance_chunks(
+        self,
+        batch: list[Chunk],
+        settings: EnhanceSettings,
+        generator: torch.Generator,
+        on_step: Callable[[int, int], None],
+    ) -> tuple[list[np.ndarray], int]:
+        """``(C, n_k)`` normalised model-rate chunks -> enhanced chunks of the same shapes, and the NFE spent."""
+        import torch
+
+        from dnsep_cli.model import enhance_spectrogram
+
+        model, cfg = self.model, self.model.config
+        n_fft = cfg.stft.n_fft
+        specs, lengths = [], []
+        with torch.no_grad():
+            for chunk in batch:
+                wav = torch.from_numpy(np.ascontiguousarray(chunk.data)).to(self.device, torch.float32)
+                # A chunk shorter than one STFT frame (only a whole file can be) is zero-padded to one.
+                length = max(chunk.length, n_fft)
+                wav = torch.nn.functional.pad(wav, (0, length - chunk.length))
+                specs.append(model.spectrogram(wav))
+                lengths.append(length)
+            frames = [s.shape[-1] for s in specs]
+            target = math.ceil(max(frames) / cfg.frame_multiple) * cfg.frame_multiple
+            y = torch.stack([_pad_frames(s, target, cfg.pad_mode) for s in specs])  # (B, C, F, T)
+            b, c = y.shape[:2]
+            if not model.mixes_channels:
+                y = y.reshape(b * c, 1, *y.shape[2:])
+            if self.autocast_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    x_hat, nfe = enhance_spectrogram(
+                        model,
+                        y,
+                        settings.sampler,
+                        generator=generator,
+                        postfilter=settings.postfilter,
+                        callback=on_step,
+                    )
+                x_hat = x_hat.to(torch.complex64)
+            else:
+                x_hat, nfe = enhance_spectrogram(
+                    model, y, settings.sampler, generator=generator, postfilter=settings.postfilter, callback=on_step
+                )
+            x_hat = x_hat.reshape(b, c, *x_hat.shape[2:])
+            outputs = []
+            for i, chunk in enumerate(batch):
+                wav = model.waveform(x_hat[i, :, :, : frames[i]], lengths[i])[:, : chunk.length]
+                out = wav.float().cpu().numpy()
+                if not np.isfinite(out).all():
+                    raise DnsepError("the model produced NaN or Inf; try --precision fp32 or other sampler settings")
+                outputs.append(out)
+        return outputs, nfe
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
