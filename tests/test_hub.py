@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import torch
+from tiny_models import save_tiny_model
 
 from dnsep_cli.config import BackboneConfig
 from dnsep_cli.errors import DnsepError
@@ -33,6 +34,12 @@ from dnsep_cli.hub import (
 
 COMMIT_MAIN = "1" * 40
 COMMIT_V1 = "2" * 40
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of the tiny stochastic model (config.json, model.safetensors, MODEL_CARD.md)."""
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-test")
 
 
 class FakeHub:
@@ -119,8 +126,6 @@ def _folder_files(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from conftest import save_tiny_model
-
     main = _folder_files(save_tiny_model(tmp_path / "main"))
     main["training_log.txt"] = b"not a model file: never fetched"
     v1 = _folder_files(
@@ -206,8 +211,6 @@ def test_local_folder_and_bad_folders(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_weights_that_do_not_match_the_config_are_refused(tiny_model: Path, tmp_path: Path) -> None:
-    from conftest import save_tiny_model
-
     other = save_tiny_model(tmp_path / "m", backbone=BackboneConfig("test_gain", {"num_freqs": 64}))
     (other / "model.safetensors").write_bytes((tiny_model / "model.safetensors").read_bytes())
     with pytest.raises(DnsepError, match="weights do not match the config"):
