@@ -315,22 +315,28 @@ def select_weights(checkpoint: dict[str, Any], backbone: torch.nn.Module, source
     return weights
 
 
-def load_sgmse_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """``(config, state_dict)`` of a dnsep ``ScoreModel`` (keys ``backbone.*``) from an SGMSE+ ``.ckpt`` file."""
+def convert_checkpoint(
+    checkpoint: dict[str, Any], name: str, source: str = "checkpoint"
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` of a dnsep ``ScoreModel`` (keys ``backbone.*``, float32) from an unpickled one."""
     from dnsep_cli.backbones import build_backbone
 
-    path = Path(path)
-    checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict):
-        raise DnsepError(f"{path}: no hyper_parameters in the checkpoint (not an SGMSE+ checkpoint?)")
-    config = config_from_hparams(dict(hparams), name=path.stem)
+        raise DnsepError(f"{source}: no hyper_parameters in the checkpoint (not an SGMSE+ checkpoint?)")
+    config = config_from_hparams(dict(hparams), name=name)
     try:
         backbone = build_backbone(config.backbone.name, dict(config.backbone.params))
     except (TypeError, ValueError) as err:
-        raise DnsepError(f"{path}: cannot build its backbone: {err}") from err
-    weights = select_weights(checkpoint, backbone, str(path))
+        raise DnsepError(f"{source}: cannot build its backbone: {err}") from err
+    weights = select_weights(checkpoint, backbone, source)
     return config, {f"backbone.{k}": v.to(torch.float32) for k, v in weights.items()}
+
+
+def load_sgmse_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` of a dnsep ``ScoreModel`` (keys ``backbone.*``) from an SGMSE+ ``.ckpt`` file."""
+    path = Path(path)
+    return convert_checkpoint(read_checkpoint(path), name=path.stem, source=str(path))
 
 
 def describe_hparams(hparams: dict[str, Any]) -> dict[str, Any]:

@@ -340,3 +340,51 @@ def test_unsupported_and_broken_files(tmp_path: Path, class_refs) -> None:
     with pytest.raises(DnsepError, match="do not fit"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         load_sgmse_checkpoint(path)
+
+
+# -- dnsep convert ---------------------------------------------------------------------------------------------
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    from dnsep_cli.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    code = exit_info.value.code
+    out, err = capsys.readouterr()
+    return (0 if code is None else int(code)), out, err
+
+
+def test_convert_writes_a_model_folder_that_loads_without_pickle(tmp_path: Path, class_refs, capsys) -> None:
+    hparams = {**HPARAMS, "data_module_cls": class_refs.SpecsDataModule}
+    path = tmp_path / "vbdmd.ckpt"
+    write_checkpoint(path, make_dnn(hparams), hparams)
+    out = tmp_path / "vbdmd"
+    code, stdout, _ = run_cli(["convert", str(path), str(out)], capsys)
+    assert code == 0 and "wrote" in stdout
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "MODEL_CARD.md"}
+
+    config, state = load_sgmse_checkpoint(path)
+    model = ScoreModel.from_pretrained(out)
+    assert model.config == config
+    for key, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, state[key], rtol=0, atol=0)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "exponential moving average" in card and "score_matching" in card and "/data/vbdmd" in card
+
+    # an existing model folder is kept unless --force
+    code, _, err = run_cli(["convert", str(path), str(out)], capsys)
+    assert code == 2 and "--force" in err
+    code, _, _ = run_cli(["convert", str(path), str(out), "--force", "--name", "renamed"], capsys)
+    assert code == 0 and ScoreModel.from_pretrained(out).config.name == "renamed"
+
+
+def test_convert_refuses_a_tampered_checkpoint_in_one_line(tmp_path: Path, class_refs, capsys) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    hparams = {**HPARAMS, "data_module_cls": class_refs.SpecsDataModule, "x": _RunsCommand(f"touch {marker}")}
+    write_checkpoint(path, make_dnn(HPARAMS), hparams)
+    code, stdout, err = run_cli(["convert", str(path), str(tmp_path / "out")], capsys)
+    assert code == 1 and stdout == ""
+    assert err.count("\n") == 1 and err.startswith("dnsep: error:") and "refusing" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
