@@ -1,0 +1,269 @@
+"""``dnsep enhance`` from the command line: files and folders, exit codes, reports, and every bad input the
+issue lists giving one clear line and a non-zero exit (never a traceback) while losing nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from tiny_models import QUIET_SDE, save_tiny_model
+
+from dnsep_cli.cli import main
+from dnsep_cli.config import BackboneConfig
+
+GATE = BackboneConfig("test_gate", {"num_freqs": 128, "gain": 0.8, "knee": 0.05})
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "gate", backbone=GATE, sde=QUIET_SDE)
+
+
+def _signal(seconds: float, rate: int = 16_000, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    x = np.stack([0.4 * np.sin(2 * np.pi * (200 + 50 * c) * t) for c in range(channels)], axis=1)
+    return (x + 0.03 * np.random.default_rng(0).standard_normal(x.shape)).astype(np.float32)
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Run the CLI in this process (the test backbones are registered here); return (code, stdout, stderr)."""
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("dnsep: error:")]
+
+
+def test_one_file_keeps_rate_channels_and_subtype(model_dir: Path, tmp_path: Path, capsys) -> None:
+    sf.write(tmp_path / "in.wav", _signal(1.0, channels=2), 16_000, subtype="PCM_24")
+    code, out, err = run(["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", model_dir], capsys)
+    assert code == 0, err
+    info = sf.info(str(tmp_path / "out.wav"))
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (16_000, 2, 16_000, "PCM_24")
+    assert "in.wav -> " in out and "\x1b[" not in out + err, "plain output when not on a terminal"
+
+
+def test_folders_recurse_keep_their_tree_and_rerun_resumes(model_dir: Path, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    (src / "a" / "b").mkdir(parents=True)
+    sf.write(src / "one.wav", _signal(0.5), 16_000)
+    sf.write(src / "a" / "two.flac", _signal(0.5), 16_000)
+    sf.write(src / "a" / "b" / "three.ogg", _signal(0.5), 16_000)
+    (src / "a" / "notes.txt").write_text("not audio")
+    out_dir = src / "enhanced"  # inside the input folder: must not be picked up as input on a re-run
+    code, out, err = run(["enhance", src, out_dir, "-m", model_dir], capsys)
+    assert code == 0, err
+    made = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
+    assert made == ["a/b/three.ogg", "a/two.flac", "one.wav"]
+    assert sf.info(str(out_dir / "a" / "two.flac")).format == "FLAC"
+    assert "3 enhanced, 0 skipped, 0 failed" in out
+    code, out, _ = run(["enhance", src, out_dir, "-m", model_dir], capsys)
+    assert code == 0 and "0 enhanced, 3 skipped, 0 failed" in out
+    code, out, _ = run(["enhance", src, "-o", out_dir, "-m", model_dir, "--overwrite", "--ext", "flac"], capsys)
+    assert code == 0 and out.count(" -> ") == 1 and "two.flac" in out
+
+
+def test_several_files_into_a_folder_with_format_change(model_dir: Path, tmp_path: Path, capsys) -> None:
+    for name in ("x.wav", "y.wav"):
+        sf.write(tmp_path / name, _signal(0.3), 16_000)
+    code, _, err = run(
+        ["enhance", tmp_path / "x.wav", tmp_path / "y.wav", tmp_path / "o", "-m", model_dir, "--format", "flac"],
+        capsys,
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x.flac", "y.flac"]
+    assert sf.info(str(tmp_path / "o" / "x.flac")).format == "FLAC"
+    code, _, err = run(
+        ["enhance", tmp_path / "x.wav", tmp_path / "f.wav", "-m", model_dir, "--subtype", "FLOAT"], capsys
+    )
+    assert code == 0 and sf.info(str(tmp_path / "f.wav")).subtype == "FLOAT"
+
+
+def test_one_bad_file_does_not_stop_the_batch(model_dir: Path, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "good1.wav", _signal(0.4), 16_000)
+    sf.write(src / "good2.wav", _signal(0.4), 16_000)
+    (src / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 20)
+    (src / "empty.wav").write_bytes(b"")
+    sf.write(src / "zero_samples.wav", np.zeros((0, 1)), 16_000)
+    nan = _signal(0.4)
+    nan[100] = np.nan
+    sf.write(src / "nan.wav", nan, 16_000, subtype="FLOAT")
+    code, out, err = run(["enhance", src, tmp_path / "out", "-m", model_dir, "--json"], capsys)
+    assert code == 1
+    report = json.loads(out)
+    status = {Path(f["input"]).name: f["status"] for f in report["files"]}
+    assert status == {
+        "corrupt.wav": "failed",
+        "empty.wav": "failed",
+        "good1.wav": "ok",
+        "good2.wav": "ok",
+        "nan.wav": "failed",
+        "zero_samples.wav": "failed",
+    }
+    assert (report["ok"], report["failed"]) == (2, 4)
+    lines = _error_lines(err)
+    assert len(lines) == 4
+    assert any("corrupt.wav: not a readable audio file" in ln for ln in lines)
+    assert any("empty.wav: empty file" in ln for ln in lines)
+    assert any("zero_samples.wav: no audio samples" in ln for ln in lines)
+    assert any("nan.wav: contains NaN or Inf" in ln for ln in lines)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1.wav", "good2.wav"]
+
+
+def test_missing_path_and_folder_without_audio(model_dir: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = run(["enhance", tmp_path / "nope.wav", tmp_path / "out.wav", "-m", model_dir], capsys)
+    assert code == 1 and _error_lines(err) == [f"dnsep: error: {tmp_path / 'nope.wav'}: no such file or folder"]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("hello")
+    code, _, err = run(["enhance", tmp_path / "docs", tmp_path / "out", "-m", model_dir], capsys)
+    assert code == 1 and len(_error_lines(err)) == 1 and "no audio files here" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_unusual_inputs_that_must_work(model_dir: Path, tmp_path: Path, capsys) -> None:
+    sf.write(tmp_path / "zeros.wav", np.zeros((8000, 2)), 16_000)
+    sf.write(tmp_path / "tiny.wav", _signal(0.005), 16_000)  # 80 samples: less than one STFT frame
+    sf.write(tmp_path / "clipped.wav", np.clip(_signal(0.5) * 10, -1, 1), 16_000)
+    sf.write(tmp_path / "r11025.wav", _signal(0.5, 11_025), 11_025)
+    sf.write(tmp_path / "r44100.flac", _signal(0.5, 44_100, 2), 44_100, subtype="PCM_24")
+    code, out, err = run(["enhance", tmp_path, tmp_path / "out", "-m", model_dir, "--json"], capsys)
+    assert code == 0, err
+    files = {Path(f["input"]).name: f for f in json.loads(out)["files"]}
+    assert all(f["status"] == "ok" for f in files.values())
+    zeros, _ = sf.read(tmp_path / "out" / "zeros.wav")
+    assert np.all(zeros == 0)
+    assert sf.info(str(tmp_path / "out" / "tiny.wav")).frames == 80
+    clipped, _ = sf.read(tmp_path / "out" / "clipped.wav")
+    assert np.isfinite(clipped).all() and np.abs(clipped).max() <= 1.0
+    for name, rate in (("r11025.wav", 11_025), ("r44100.flac", 44_100)):
+        info = sf.info(str(tmp_path / "out" / name))
+        assert info.samplerate == rate and info.frames == int(0.5 * rate)
+        assert any("resampled" in n for n in files[name]["notes"])
+
+
+def test_usage_errors_exit_2(model_dir: Path, tmp_path: Path, capsys) -> None:
+    sf.write(tmp_path / "in.wav", _signal(0.3), 16_000)
+    base = ["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", model_dir]
+    for extra, message in [
+        (["--steps", "0"], "--steps must be an integer >= 1"),
+        (["--snr", "-0.5"], "--snr must be > 0"),
+        (["--corrector-steps", "-1"], "--corrector-steps"),
+        (["--t-eps", "2"], "--t-eps"),
+        (["--predictor", "magic"], "unknown predictor"),
+        (["--sampler", "magic"], "unknown sampler"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--chunk-seconds", "0"], "--chunk-seconds"),
+        (["--device", "tpu"], "unknown --device"),
+        (["--precision", "fp16"], "fp16 needs a CUDA device"),
+        (["--precision", "fp8"], "unknown --precision"),
+        (["--format", "xyz"], "unknown --format"),
+        (["--threads", "0"], "--threads"),
+    ]:
+        code, _, err = run(base + extra, capsys)
+        assert code == 2, (extra, err)
+        assert _error_lines(err) and message in err, (extra, err)
+    assert not (tmp_path / "out.wav").exists()
+    code, _, err = run(["enhance", tmp_path / "in.wav", "-m", model_dir], capsys)
+    assert code == 2 and "give an output" in err
+    before = (tmp_path / "in.wav").read_bytes()
+    code, _, err = run(["enhance", tmp_path / "in.wav", tmp_path / "in.wav", "-m", model_dir, "--overwrite"], capsys)
+    assert code == 2 and "refusing to overwrite the input" in err
+    code, _, err = run(["enhance", tmp_path, tmp_path, "-m", model_dir, "--overwrite"], capsys)
+    assert code == 2 and "output folder is the input folder" in err
+    assert (tmp_path / "in.wav").read_bytes() == before
+
+
+def test_unknown_model_and_unwritable_output(model_dir: Path, tmp_path: Path, capsys) -> None:
+    sf.write(tmp_path / "in.wav", _signal(0.3), 16_000)
+    code, _, err = run(["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", "no-such-model"], capsys)
+    assert code == 1 and len(_error_lines(err)) == 1 and "unknown model 'no-such-model'" in err
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    code, _, err = run(["enhance", tmp_path / "in.wav", tmp_path / "blocker" / "out.wav", "-m", model_dir], capsys)
+    assert code == 1 and len(_error_lines(err)) == 1 and "cannot create output folder" in err
+
+
+def test_seed_quiet_atten_lim_and_no_postfilter(model_dir: Path, tiny_noisy: Path, tmp_path: Path, capsys) -> None:
+    sf.write(tmp_path / "in.wav", _signal(0.5), 16_000, subtype="FLOAT")
+    outs = []
+    for name, seed in (("a.wav", "7"), ("b.wav", "7"), ("c.wav", "8")):
+        code, out, err = run(
+            ["enhance", tmp_path / "in.wav", tmp_path / name, "-m", tiny_noisy, "--seed", seed, "-q"], capsys
+        )
+        assert code == 0 and out == "" and err == ""
+        outs.append(sf.read(tmp_path / name)[0])
+    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
+    code, _, _ = run(
+        ["enhance", tmp_path / "in.wav", tmp_path / "lim.wav", "-m", model_dir, "--atten-lim-db", "0", "-q"], capsys
+    )
+    assert code == 0
+    np.testing.assert_allclose(sf.read(tmp_path / "lim.wav")[0], sf.read(tmp_path / "in.wav")[0], atol=1e-6)
+    code, out, _ = run(
+        ["enhance", tmp_path / "in.wav", tmp_path / "npf.wav", "-m", model_dir, "--no-postfilter", "--json"], capsys
+    )
+    assert code == 0 and json.loads(out)["settings"]["postfilter"] is False
+
+
+@pytest.fixture(scope="module")
+def tiny_noisy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "noisy")
+
+
+def test_interrupted_run_exits_130_and_leaves_nothing(model_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from dnsep_cli.enhance import Enhancer
+
+    sf.write(tmp_path / "in.wav", _signal(3.0), 16_000)
+    real = Enhancer._enhance_chunks
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C in the middle of the file
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Enhancer, "_enhance_chunks", interrupted)
+    (tmp_path / "out").mkdir()
+    code, _, _ = run(["enhance", tmp_path / "in.wav", tmp_path / "out" / "o.wav", "-m", model_dir], capsys)
+    assert code == 130 and calls["n"] == 3
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_real_entry_point_in_a_subprocess(tmp_path: Path) -> None:
+    """The installed console script path (``python -m dnsep_cli``) with a shipped backbone: plain output,
+    exit codes, and one line for an error."""
+    from dnsep_cli.config import ModelConfig, SamplerConfig, STFTConfig
+    from dnsep_cli.model import ScoreModel
+
+    cfg = ModelConfig(
+        name="osa-tiny",
+        stft=STFTConfig(n_fft=254, hop_length=64),
+        sampler=SamplerConfig(steps=2),
+        output="data",
+        backbone=BackboneConfig("osa_unet", {"channels": [8, 12], "dilations": [1, 2], "num_convs": 2}),
+    )
+    ScoreModel(cfg).save_pretrained(tmp_path / "m")
+    sf.write(tmp_path / "in.wav", _signal(0.5, channels=2), 16_000)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dnsep_cli", "enhance", str(tmp_path / "in.wav"), str(tmp_path / "out.wav")]
+    done = subprocess.run([*cmd, "-m", str(tmp_path / "m"), "--threads", "1"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sf.info(str(tmp_path / "out.wav")).channels == 2
+    assert "\x1b[" not in done.stdout + done.stderr
+    bad = subprocess.run([*cmd, "-m", str(tmp_path / "m"), "--steps", "0"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "dnsep: error: --steps must be an integer >= 1, got 0"
