@@ -1,0 +1,155 @@
+"""``dnsep inspect`` and ``dnsep models``: what they print is what the model is."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import save_tiny_model
+
+import dnsep_cli.hub as hub
+from dnsep_cli.cli import main
+from dnsep_cli.config import PostFilterConfig, SamplerConfig
+from dnsep_cli.hub import DEFAULT_MODEL, list_shipped_models, resolve_model
+from dnsep_cli.model import ScoreModel
+
+
+def run(argv: list, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(
+        tmp_path_factory.mktemp("m") / "tiny-test",
+        postfilter=PostFilterConfig("deepfilter", {"num_freqs": 32, "order": 3}),
+        sampler=SamplerConfig(steps=7, corrector_steps=2),
+    )
+
+
+def test_json_describes_the_model(model_dir: Path, capsys) -> None:
+    code, out, err = run(["inspect", model_dir, "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    model = ScoreModel.from_pretrained(model_dir)
+    assert info["name"] == "tiny-test" and info["source"]["kind"] == "folder"
+    assert info["sample_rate"] == 16_000
+    assert (info["stft"]["n_fft"], info["stft"]["hop_length"], info["stft"]["num_freqs"]) == (254, 64, 128)
+    assert info["transform"]["formula"] == "0.15 * |S|^0.5 * exp(j angle S)"
+    assert info["backbone"]["class"].endswith("GainBackbone") and info["backbone"]["parameters"] == 128
+    assert info["total_parameters"] == model.num_parameters()
+    assert info["postfilter"]["parameters"] == sum(p.numel() for p in model.postfilter.parameters())
+    assert info["total_size_bytes"] >= 4 * model.num_parameters()
+    sde = info["sde"]
+    assert (sde["type"], sde["theta"], sde["sigma_min"], sde["sigma_max"], sde["T"]) == ("ouve", 1.5, 0.05, 0.5, 1.0)
+    assert sde["std_at_T"] == pytest.approx(0.3890, abs=1e-4)  # SGMSE+'s std(1)
+    assert sde["std_at_t_eps"] == pytest.approx(0.0188, abs=1e-4)  # std(0.03)
+    # PC: steps x (1 predictor + corrector_steps corrector evaluations)
+    assert info["sampler"]["steps"] == 7 and info["sampler"]["nfe"] == 7 * (1 + 2)
+    assert info["card"]["training_data"] == "Nothing: its gains are set by hand."
+    assert "PESQ | 1.00" in info["card"]["measured_quality"]
+
+
+def test_tables_show_the_same_facts(model_dir: Path, capsys) -> None:
+    code, out, _ = run(["inspect", model_dir], capsys)
+    assert code == 0
+    for text in ("tiny-test", "16000 Hz", "254 / 64", "GainBackbone", "ouve", "0.38898", "score evaluations", "21"):
+        assert text in out, text
+    for title in ("Model", "STFT and transform", "Backbone", "SDE", "Sampler defaults", "Post-filter"):
+        assert title in out
+    assert "Nothing: its gains are set by hand." in out and "PESQ" in out
+
+
+def test_model_without_card_or_postfilter(tmp_path: Path, capsys) -> None:
+    folder = save_tiny_model(tmp_path / "plain", card=None)
+    code, out, _ = run(["inspect", folder], capsys)
+    assert code == 0 and "(not in the model card)" in out
+    info = json.loads(run(["inspect", folder, "--json"], capsys)[1])
+    assert info["postfilter"] is None and info["card"] == {"training_data": None, "measured_quality": None}
+
+
+def test_sgmse_checkpoint_is_inspected_after_conversion(tmp_path: Path, capsys) -> None:
+    from dnsep_cli.backbones import build_backbone
+    from dnsep_cli.sgmse_checkpoint import config_from_hparams
+
+    hparams = {
+        "backbone": "ncsnpp",
+        "sde": "ouve",
+        "theta": 1.5,
+        "sigma_min": 0.05,
+        "sigma_max": 0.5,
+        "N": 30,
+        "t_eps": 0.03,
+        "nf": 8,
+        "ch_mult": [1, 1],
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "n_fft": 510,
+        "hop_length": 128,
+        "window": "hann",
+        "spec_factor": 0.15,
+        "spec_abs_exponent": 0.5,
+        "transform_type": "exponent",
+    }
+    torch.manual_seed(0)
+    dnn = build_backbone("ncsnpp", config_from_hparams(hparams).backbone.params)
+    state = OrderedDict((f"dnn.{k}", v) for k, v in dnn.state_dict().items())
+    path = tmp_path / "sgmse.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, path)
+    with pytest.warns(UserWarning, match="no EMA weights"):
+        code, out, err = run(["inspect", path, "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["source"]["kind"] == "sgmse-checkpoint"
+    assert info["backbone"]["parameters"] == sum(p.numel() for p in dnn.parameters())
+    assert info["backbone"]["score_sign"] == -1.0 and info["input"]["frame_multiple"] == 64
+    assert info["stft"]["num_freqs"] == 256
+
+
+def test_unknown_model_is_one_line(capsys) -> None:
+    code, out, err = run(["inspect", "no-such-model"], capsys)
+    assert code == 1 and out == ""
+    assert err.strip().startswith("dnsep: error: unknown model 'no-such-model'") and err.count("\n") == 1
+
+
+def test_models_lists_the_shipped_models(model_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "__init__.py").write_text("")
+    (shipped / "not-a-model").mkdir()
+    save_tiny_model(shipped / DEFAULT_MODEL)
+    save_tiny_model(shipped / "dnsep-small", card="# dnsep-small\n\nA smaller one.\n\n## Training data\n\nNone.\n")
+    monkeypatch.setattr(hub, "_shipped_root", lambda: shipped)
+    assert list_shipped_models() == [DEFAULT_MODEL, "dnsep-small"]
+    assert resolve_model(None).folder == shipped / DEFAULT_MODEL
+    assert resolve_model("dnsep-small").kind == "shipped"
+    code, out, _ = run(["models", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and [r["name"] for r in rows] == [DEFAULT_MODEL, "dnsep-small"]
+    assert rows[0]["default"] and not rows[1]["default"]
+    assert rows[1]["summary"] == "A smaller one." and rows[1]["sample_rate"] == 16_000
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+    code, out, _ = run(["models"], capsys)
+    assert code == 0 and "dnsep-base (default)" in out and "A smaller one." in out
+    code, out, _ = run(["inspect", "--json"], capsys)  # no MODEL: the default
+    assert code == 0 and json.loads(out)["source"]["kind"] == "shipped"
+
+
+def test_no_shipped_models(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(hub, "_shipped_root", lambda: tmp_path)
+    code, out, _ = run(["models", "--json"], capsys)
+    assert code == 0 and json.loads(out) == []
+    code, out, _ = run(["models"], capsys)
+    assert code == 0 and "no models are shipped" in out
+    code, _, err = run(["inspect"], capsys)
+    assert code == 1 and "default model 'dnsep-base' is not installed" in err
