@@ -29,9 +29,10 @@ Correctors (``update(x, y, t) -> (x, x_mean)``):
 The probability-flow ODE ``dx/dt = f - 1/2 g^2 score`` (Song et al. Eq. 13) is integrated with fixed
 Euler or Heun steps from ``T`` to ``t_eps``, then (``denoise``) one noise-free reverse-diffusion step to 0.
 
-StoRM-style start (Lemercier et al. 2023): with ``t_start < T`` the walk begins at ``t_start`` from
-``x = mean(x_start, y, t_start) + std(t_start) z``, the forward kernel applied to the predictive estimate
-``x_start`` (``y`` itself when ``x_start`` is None); without ``t_start``, ``x_start`` is perturbed at ``T``.
+StoRM-style start (Lemercier et al. 2023): with ``t_start < T`` the walk begins at ``t_start`` instead of
+``T``. ``x_start`` is the state there, used as given: for StoRM the caller perturbs its predictive estimate,
+``x_start = mean(x0_hat, y, t_start) + std(t_start) z``. Without ``x_start`` the state at ``t_start`` is
+``y + std(t_start) z`` (``y`` as the estimate); ``x_start`` without ``t_start`` replaces the prior draw at ``T``.
 
 All noise comes from ``generator`` (same seed -> same output). ``score_fn(x, y, t) -> score`` with
 ``x, y`` ``(B, ...)`` complex and ``t`` ``(B,)``; gradients are the caller's business (``torch.no_grad``).
@@ -214,12 +215,13 @@ def _initial_state(
     x_start: torch.Tensor | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """``x_T ~ prior(y)``, or ``mean(x_start or y, y, t_start) + std(t_start) z`` (StoRM-style start)."""
-    if t_start is None and x_start is None:
+    """``x_start`` as given, else ``x_T ~ prior(y)``, or ``mean(y, y, t_start) + std(t_start) z`` at ``t_start``."""
+    if x_start is not None:
+        return x_start
+    if t_start is None:
         return sde.prior_sampling(y, generator)
-    start = sde.T if t_start is None else t_start
-    t = torch.full((y.shape[0],), start, device=y.device, dtype=y.real.dtype)
-    mean, std = sde.marginal_prob(y if x_start is None else x_start, y, t)
+    t = torch.full((y.shape[0],), t_start, device=y.device, dtype=y.real.dtype)
+    mean, std = sde.marginal_prob(y, y, t)
     return mean + batch_view(std, y) * randn_like(y, generator)
 
 

@@ -75,8 +75,14 @@ def marginal_at(sde, t: float, mu: complex = MU, s0: float = S0, y_value: comple
     return c_x * mu + c_y * y_value, math.sqrt(c_x**2 * s0**2 + sde.std(tt).item() ** 2)
 
 
-# x_start = fresh samples of x0, perturbed at T by the sampler, is an exact draw of p_T: the tests below
-# then measure the reverse process alone, free of the prior's approximation.
+def perturbed(sde, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator, t: float | None = None) -> torch.Tensor:
+    """``mean(x0, y, t) + std(t) z`` at ``t`` (default T): with fresh samples of x0, an exact draw of ``p_t``.
+
+    Started there (``x_start``), the samplers are measured alone, free of the prior's approximation.
+    """
+    tt = torch.full((x0.shape[0],), sde.T if t is None else t)
+    mean, std = sde.marginal_prob(x0, y, tt)
+    return mean + std.reshape(-1, *([1] * (x0.dim() - 1))) * torch.randn(x0.shape, dtype=x0.dtype, generator=gen)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +99,15 @@ def test_pc_sampler_reaches_the_data_distribution(predictor, corrector, snr):
     x0, y, gen = toy()
     score = GaussianScore(sde)
     result = pc_sample(
-        sde, score, y, steps=100, predictor=predictor, corrector=corrector, snr=snr, x_start=x0, generator=gen
+        sde,
+        score,
+        y,
+        steps=100,
+        predictor=predictor,
+        corrector=corrector,
+        snr=snr,
+        x_start=perturbed(sde, x0, y, gen),
+        generator=gen,
     )
     assert result.x.shape == y.shape and result.x.dtype == torch.complex64
     assert_distribution(result.x, MU, S0)
@@ -121,7 +135,7 @@ def test_corrector_only_sampling_reaches_p_t_eps(name, corrector, snr, corrector
         corrector=corrector,
         snr=snr,
         corrector_steps=corrector_steps,
-        x_start=x0,
+        x_start=perturbed(sde, x0, y, gen),
         generator=gen,
     )
     assert_distribution(result.x, *marginal_at(sde, 0.03))
@@ -133,9 +147,13 @@ def test_every_sde_samples_the_data_distribution(name, t_eps):
     # The VP's std(0.03) = 0.11 is large against the data, so it needs Song et al.'s t_eps = 1e-3.
     sde = build_sde(name)
     x0, y, gen = toy()
-    pc = pc_sample(sde, GaussianScore(sde), y, steps=100, t_eps=t_eps, x_start=x0, generator=gen)
+    pc = pc_sample(
+        sde, GaussianScore(sde), y, steps=100, t_eps=t_eps, x_start=perturbed(sde, x0, y, gen), generator=gen
+    )
     assert_distribution(pc.x, MU, S0)
-    ode = ode_sample(sde, GaussianScore(sde), y, steps=30, t_eps=t_eps, x_start=x0, generator=gen)
+    ode = ode_sample(
+        sde, GaussianScore(sde), y, steps=30, t_eps=t_eps, x_start=perturbed(sde, x0, y, gen), generator=gen
+    )
     assert_distribution(ode.x, MU, S0)
     assert ode.nfe == 61
 
@@ -143,11 +161,15 @@ def test_every_sde_samples_the_data_distribution(name, t_eps):
 def test_ode_euler_and_without_denoising():
     sde = build_sde("ouve")
     x0, y, gen = toy()
-    euler = ode_sample(sde, GaussianScore(sde), y, steps=300, method="euler", x_start=x0, generator=gen)
+    euler = ode_sample(
+        sde, GaussianScore(sde), y, steps=300, method="euler", x_start=perturbed(sde, x0, y, gen), generator=gen
+    )
     assert_distribution(euler.x, MU, S0)
     assert euler.nfe == 301 == count_nfe("ode", 300, method="euler")
     x0, y, gen = toy()
-    raw = ode_sample(sde, GaussianScore(sde), y, steps=30, denoise=False, x_start=x0, generator=gen)
+    raw = ode_sample(
+        sde, GaussianScore(sde), y, steps=30, denoise=False, x_start=perturbed(sde, x0, y, gen), generator=gen
+    )
     # Without the final step the ODE stops at t_eps, whose marginal it matches.
     assert_distribution(raw.x, *marginal_at(sde, 0.03), std_rel=0.01)
     assert raw.nfe == 60 == count_nfe("ode", 30, denoise=False)
@@ -170,27 +192,13 @@ def test_pc_from_the_prior_with_sgmse_settings():
     torch.testing.assert_close(torch.tensor(score.times), expected)
 
 
-def test_storm_start_perturbs_the_estimate_at_t_start():
+def test_start_state_at_t_start():
     sde = build_sde("ouve")
     x0, y, _ = toy(shape=(4, 1, 3, 5))
-    t = torch.full((4,), 0.5)
-    mean, std = sde.marginal_prob(x0, y, t)
-    z = torch.randn(x0.shape, dtype=x0.dtype, generator=torch.Generator().manual_seed(9))
-    # With neither predictor nor corrector the sampler returns its starting state.
-    start = pc_sample(
-        sde,
-        GaussianScore(sde),
-        y,
-        steps=3,
-        predictor="none",
-        corrector="none",
-        t_start=0.5,
-        x_start=x0,
-        generator=torch.Generator().manual_seed(9),
-    )
-    torch.testing.assert_close(start.x, mean + std[:, None, None, None] * z)
-    assert start.nfe == 0
-    # t_start alone: y itself is the estimate.
+    # With neither predictor nor corrector the sampler returns its starting state: x_start as given ...
+    start = pc_sample(sde, GaussianScore(sde), y, steps=3, predictor="none", corrector="none", t_start=0.5, x_start=x0)
+    assert torch.equal(start.x, x0) and start.nfe == 0
+    # ... or, with t_start alone, y perturbed at t_start (y as the estimate), noise from the generator.
     start_y = pc_sample(
         sde,
         GaussianScore(sde),
@@ -201,18 +209,22 @@ def test_storm_start_perturbs_the_estimate_at_t_start():
         t_start=0.5,
         generator=torch.Generator().manual_seed(9),
     )
-    torch.testing.assert_close(start_y.x, y + std[:, None, None, None] * z)
+    std = sde.std(torch.tensor([0.5])).item()
+    z = torch.randn(x0.shape, dtype=x0.dtype, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(start_y.x, y + std * z)
 
 
 def test_storm_start_from_an_oracle_estimate_reaches_the_data_distribution():
     sde = build_sde("ouve")
     x0, y, gen = toy()
     score = GaussianScore(sde)
-    result = pc_sample(sde, score, y, steps=50, t_start=0.5, x_start=x0, generator=gen)
+    result = pc_sample(sde, score, y, steps=50, t_start=0.5, x_start=perturbed(sde, x0, y, gen, 0.5), generator=gen)
     assert_distribution(result.x, MU, S0)
     assert score.times[0] == pytest.approx(0.5)
     assert min(score.times) == pytest.approx(0.03)
-    ode = ode_sample(sde, GaussianScore(sde), y, steps=20, t_start=0.5, x_start=x0, generator=gen)
+    ode = ode_sample(
+        sde, GaussianScore(sde), y, steps=20, t_start=0.5, x_start=perturbed(sde, x0, y, gen, 0.5), generator=gen
+    )
     assert_distribution(ode.x, MU, S0)
 
 
