@@ -15,7 +15,7 @@ Predictors (``update(x, y, t, dt) -> (x, x_mean)``, ``dt = t_{i+1} - t_i < 0``):
 - ``reverse_diffusion`` (Song et al. Eq. 46): ``x_mean = x - rev_f``, ``x = x_mean + G z`` with
   ``rev_f = f - G^2 score``, ``f = f(x, y, t) |dt|``, ``G = g(t) sqrt(|dt|)``;
 - ``euler_maruyama``: ``x_mean = x + [f - g^2 score] dt``, ``x = x_mean + g sqrt(|dt|) z``
-  (identical in law to reverse diffusion for the Euler-Maruyama discretisation used here);
+  (the same update as reverse diffusion here, whose ``discretize`` is Euler-Maruyama);
 - ``none``.
 
 Correctors (``update(x, y, t) -> (x, x_mean)``):
