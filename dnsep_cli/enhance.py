@@ -586,15 +586,19 @@ class Enhancer:
             if not model.mixes_channels:
                 y = y.reshape(b * c, 1, *y.shape[2:])
             if self.autocast_dtype is not None:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    x_hat, nfe = enhance_spectrogram(
-                        model,
-                        y,
-                        settings.sampler,
-                        generator=generator,
-                        postfilter=settings.postfilter,
-                        callback=on_step,
-                    )
+                try:
+                    with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                        x_hat, nfe = enhance_spectrogram(
+                            model,
+                            y,
+                            settings.sampler,
+                            generator=generator,
+                            postfilter=settings.postfilter,
+                            callback=on_step,
+                        )
+                except RuntimeError as err:
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise DnsepError(f"--precision {self.precision} failed in this model ({first}); use fp32") from None
                 x_hat = x_hat.to(torch.complex64)
             else:
                 x_hat, nfe = enhance_spectrogram(
