@@ -117,7 +117,7 @@ def enhance(
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output file or folder."),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Shipped model name, model folder, hf:owner/name[@rev], or SGMSE+ .ckpt."
+        None, "--model", "-m", help="Shipped model name, model folder, hf:owner/name\\[@rev], or SGMSE+ .ckpt."
     ),
     steps: int | None = typer.Option(None, "--steps", help="Reverse-process steps (default: the model's)."),
     sampler: str | None = typer.Option(None, "--sampler", help="pc (predictor-corrector) or ode."),
@@ -137,7 +137,7 @@ def enhance(
     no_postfilter: bool = typer.Option(False, "--no-postfilter", help="Skip the DeepFilter post-filter."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them)."),
     ext: str | None = typer.Option(
-        None, "--ext", help=f"Extensions to take from folders, comma-separated [default: {AUDIO_EXTENSIONS_HELP}]."
+        None, "--ext", help=f"Extensions to take from folders, comma-separated (default: {AUDIO_EXTENSIONS_HELP})."
     ),
     format: str | None = typer.Option(
         None, "--format", help="Output format (WAV, FLAC, OGG, ...): default the input's."

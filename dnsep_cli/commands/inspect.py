@@ -198,7 +198,7 @@ def _print_tables(info: dict[str, Any]) -> None:
 
 def inspect(
     model: str | None = typer.Argument(
-        None, help="Shipped model name, model folder, hf:owner/name[@rev], or SGMSE+ .ckpt (default: the shipped one)."
+        None, help="Shipped model name, model folder, hf:owner/name\\[@rev] or SGMSE+ .ckpt; default: shipped."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the description as JSON."),
 ) -> None:
