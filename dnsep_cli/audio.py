@@ -285,12 +285,14 @@ class FloatSpool:
 
     def blocks(self, block_frames: int) -> Iterator[np.ndarray]:
         self._fh.flush()
-        if self.frames == 0:
-            return
-        data = np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.frames, self.channels))
-        for start in range(0, self.frames, block_frames):
-            yield np.array(data[start : start + block_frames])
-        del data
+        # Plain reads, not a memmap: mapped pages count as resident memory for as long as the map lives,
+        # which would make the peak grow with the file length.
+        frame_bytes = 4 * self.channels
+        with open(self.path, "rb") as fh:
+            for start in range(0, self.frames, block_frames):
+                count = min(block_frames, self.frames - start)
+                data = np.frombuffer(fh.read(count * frame_bytes), dtype=np.float32)
+                yield data.reshape(count, self.channels).copy()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
