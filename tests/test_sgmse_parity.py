@@ -1,0 +1,177 @@
+"""One whole enhancement through dnsep equals the reference SGMSE+ enhancement of the same checkpoint.
+
+For each backbone (``ncsnpp``, and ``ncsnpp_48k`` with the EARS 48 kHz SDE and transform settings) the
+test builds the reference network from the hyper-parameters as the reference does, gives it random
+weights, writes a checkpoint in the reference's structure (``dnn.`` state dict, the weights to use as
+the torch-ema ``ema`` entry, ``hyper_parameters`` with the pickled ``data_module_cls``), and enhances the
+same audio twice with seed 1234 and the published sampler (reverse-diffusion predictor, ALD corrector,
+N = 30, one corrector step, snr 0.5, t_eps 0.03):
+
+- reference: ``sgmse_reference.reference_enhance`` (``enhancement.py`` with the reference's own data
+  module, ``pad_spec``, SDE and PC sampler; noise from the global RNG seeded with 1234);
+- dnsep: ``Enhancer.from_pretrained(checkpoint).enhance(audio, rate, seed=1234)`` (noise from a
+  ``torch.Generator`` seeded with 1234).
+
+Both draw their noise in the same order and shapes (prior, then per step the corrector's and the
+predictor's), and the CPU generator and the global RNG give identical numbers for one seed, so the two
+runs see the same noise. They are not bitwise equal because the floating-point operations differ in
+order (``polar`` against ``|S|^a exp(j angle S)``, ``expm1`` in the OUVE std, the time grid computed in
+float64, fused attention, depthwise FIR convolutions): the outputs agree to ~1e-6 of their peak.
+
+The networks are small and the audio short, as 60 network evaluations per run on CPU add up. The input is
+quiet (-60 dBFS) because an untrained score leaves the prior's noise in and the output far louder than
+the input; dnsep would then scale the whole file down to avoid clipping, which the reference does not do.
+Levels do not change the process otherwise: both divide by the input peak first.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections import OrderedDict
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import sgmse_reference
+import torch
+
+pytestmark = pytest.mark.skipif(not sgmse_reference.available(), reason="needs the sgmse package (--no-deps)")
+
+SEED = 1234
+COMMON = {
+    "sde": "ouve",
+    "N": 30,
+    "nf": 4,
+    "num_res_blocks": 1,
+    "centered": True,
+    "window": "hann",
+    "transform_type": "exponent",
+    "base_dir": "/data",
+    "loss_type": "score_matching",
+}
+VARIANTS = {
+    # SGMSE+ (VoiceBank-DEMAND / WSJ0-CHiME3) settings, a small network and a short STFT (same 4x overlap)
+    "ncsnpp": {
+        **COMMON,
+        "backbone": "ncsnpp",
+        "theta": 1.5,
+        "sigma_min": 0.05,
+        "sigma_max": 0.5,
+        "ch_mult": [1, 1, 1],
+        "attn_resolutions": [16],
+        "image_size": 64,
+        "n_fft": 126,
+        "hop_length": 32,
+        "spec_factor": 0.15,
+        "spec_abs_exponent": 0.5,
+        "sr": 16000,
+    },
+    # EARS-WHAM / EARS-Reverb 48 kHz settings (reflection padding, division by t after the output layer)
+    "ncsnpp_48k": {
+        **COMMON,
+        "backbone": "ncsnpp_48k",
+        "theta": 2.0,
+        "sigma_min": 0.1,
+        "sigma_max": 1.0,
+        "ch_mult": [1, 1, 1],
+        "progressive": "none",
+        "progressive_input": "none",
+        "n_fft": 190,
+        "hop_length": 48,
+        "spec_factor": 0.065,
+        "spec_abs_exponent": 0.667,
+        "sr": 48000,
+    },
+}
+# 16077 samples: not a whole number of hops, so the padded frames reach into the last samples.
+LENGTH = 16077
+
+
+def make_signal(rate: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    t = np.arange(LENGTH) / rate
+    speechy = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    return (1e-3 * (speechy + 0.05 * rng.standard_normal(LENGTH))).astype(np.float32)
+
+
+def write_reference_checkpoint(path: Path, hparams: dict) -> torch.nn.Module:
+    """A checkpoint as the reference's training writes it; returns the reference network holding the EMA weights."""
+    specs = sgmse_reference.data_module_class()
+    torch.manual_seed(0)
+    dnn = sgmse_reference.build_dnn(hparams).eval()
+    raw = OrderedDict((f"dnn.{k}", v.clone()) for k, v in dnn.state_dict().items())
+    # EMA weights: the initial ones plus noise, so the zero-initialised layers take part and raw != EMA
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in dnn.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    checkpoint = {
+        "epoch": 1,
+        "global_step": 10,
+        "pytorch-lightning_version": "2.2.1",
+        "state_dict": raw,
+        "ema": {
+            "decay": 0.999,
+            "num_updates": 10,
+            "shadow_params": [p.detach().clone() for p in dnn.parameters()],
+            "collected_params": None,
+        },
+        "hyper_parameters": {**hparams, "data_module_cls": specs},
+    }
+    # the class reference is pickled by name, from where the reference defines it
+    with mock.patch.dict(sys.modules, {"sgmse.data_module": types.SimpleNamespace(SpecsDataModule=specs)}):
+        torch.save(checkpoint, path)
+    return dnn
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
+    from dnsep_cli.enhance import Enhancer
+
+    hparams = VARIANTS[request.param]
+    path = tmp_path_factory.mktemp("sgmse") / f"{request.param}.ckpt"
+    dnn = write_reference_checkpoint(path, hparams)
+    noisy = make_signal(hparams["sr"])
+    reference = sgmse_reference.reference_enhance(dnn, hparams, noisy, SEED, N=30, snr=0.5, corrector_steps=1)
+    enhancer = Enhancer.from_pretrained(path, device="cpu", chunk_seconds=30.0)
+    ours = enhancer.enhance(noisy, hparams["sr"], seed=SEED)
+    return types.SimpleNamespace(
+        name=request.param, hparams=hparams, noisy=noisy, reference=reference, ours=ours, enhancer=enhancer
+    )
+
+
+def test_settings_are_the_published_ones(runs: types.SimpleNamespace) -> None:
+    s = runs.enhancer.settings.sampler
+    assert (s.sampler, s.predictor, s.corrector, s.steps, s.corrector_steps, s.snr, s.t_eps) == (
+        "pc",
+        "reverse_diffusion",
+        "ald",
+        30,
+        1,
+        0.5,
+        0.03,
+    )
+    assert runs.enhancer.model.config.pad_mode == ("reflect" if runs.name == "ncsnpp_48k" else "constant")
+
+
+def test_enhancement_equals_reference(runs: types.SimpleNamespace) -> None:
+    """Everything but the samples that padded frames reach (one n_fft at the end; see the next test)."""
+    ref, ours = runs.reference, runs.ours
+    assert ours.shape == ref.shape == runs.noisy.shape and ours.dtype == np.float32
+    peak = float(np.abs(ref).max())
+    # the comparison means something: the process changed the signal a lot, and the output is not tiny
+    assert np.abs(ref - runs.noisy).max() > 0.5 * peak > 0
+    body = slice(0, LENGTH - runs.hparams["n_fft"])
+    np.testing.assert_allclose(ours[body], ref[body], rtol=0, atol=1e-5 * peak)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="dnsep's Enhancer drops the padded frames before the inverse STFT; the reference inverts all frames "
+    "(padding included) and crops to the length, so the last samples differ (enhance.py _enhance_chunks)",
+)
+def test_last_samples_equal_reference_too(runs: types.SimpleNamespace) -> None:
+    peak = float(np.abs(runs.reference).max())
+    np.testing.assert_allclose(runs.ours, runs.reference, rtol=0, atol=1e-5 * peak)
