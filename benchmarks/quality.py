@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {method.name}: {e}", file=sys.stderr)
 
     table = markdown_table(results, columns)
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]) if argv is None else str(argv)
+    command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]) if argv is None else str(argv)
     header = (
         f"{dt.date.today().isoformat()}; {machine()}; torch threads {args.threads}, dnsep device {args.device}; "
         f"{len(items)} files, {total:.0f} s\n\n`{command}`\n"

@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(HERE))
     from quality import machine
 
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     header = f"{dt.date.today().isoformat()}; {machine()}; torch threads {args.threads}\n\n`{command}`\n"
     text = table(rows)
     (args.out / "speed.md").write_text(header + "\n" + text + "\n")
