@@ -1,77 +1,45 @@
-"""Shared test fixtures: a tiny score model whose output is a known function of its input.
-
-``test_gain`` predicts the clean spectrum as ``x0_hat = g(f) * y`` with one learnable gain per frequency
-bin: deterministic, frame-local (each STFT frame on its own), and cheap, which is what the pipeline and
-chunking tests need. Tests build such a model with ``ScoreModel(config).save_pretrained(folder)`` and load it
-by path, as a user would load any model folder.
-"""
+"""Shared test helpers: tiny models and synthetic signals (tests never need the corpus)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from dnsep_cli.backbones import register_backbone
-from dnsep_cli.config import BackboneConfig, ModelConfig, SamplerConfig, STFTConfig
-
-TINY_CARD = """# tiny-test
-
-A test model.
-
-## Training data
-
-Nothing: its gains are set by hand.
-
-## Measured quality
-
-| metric | value |
-| --- | --- |
-| PESQ | 1.00 |
-"""
+from dnsep_cli.config import BackboneConfig, ModelConfig, PostFilterConfig, SamplerConfig, STFTConfig
 
 
-@register_backbone("test_gain")
-class GainBackbone(nn.Module):
-    """``out = g(f) * y`` (``y`` ``(B, M, F, T)`` complex, ``g`` ``(F, 1)``); ignores ``x`` and ``t``."""
-
-    def __init__(self, num_freqs: int = 128, gain: float = 0.5, mixes_channels: bool = False) -> None:
-        super().__init__()
-        self.mixes_channels = mixes_channels
-        self.gain = nn.Parameter(torch.full((num_freqs, 1), float(gain)))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return y * self.gain.to(y.real.dtype)
-
-
-def tiny_config(**changes) -> ModelConfig:
-    """A 16 kHz model with a 254-point STFT (128 bins), the ``test_gain`` backbone and a 3-step sampler."""
-    backbone = changes.pop("backbone", BackboneConfig("test_gain", {"num_freqs": 128, "gain": 0.5}))
-    base = ModelConfig(
-        name="tiny-test",
-        sample_rate=16_000,
-        stft=STFTConfig(n_fft=254, hop_length=64),
-        backbone=backbone,
-        sampler=SamplerConfig(steps=3, corrector_steps=1),
-        output="data",
-        chunk_seconds=1.0,
-        overlap_seconds=0.25,
+def tiny_model_config(output: str = "data", postfilter: bool = True) -> ModelConfig:
+    """A small, fast osa_unet model: the shape of the shipped default, a fraction of its cost."""
+    return ModelConfig(
+        name="tiny",
+        sample_rate=16000,
+        stft=STFTConfig(n_fft=256, hop_length=128),
+        backbone=BackboneConfig(
+            name="osa_unet",
+            params={"channels": [8, 12], "dilations": [1, 2], "patch": 4, "num_convs": 2, "head_channels": 8},
+        ),
+        sampler=SamplerConfig(corrector="none", steps=3),
+        postfilter=PostFilterConfig(name="deepfilter", params={"num_freqs": 24, "order": 3, "lookahead": 1,
+                                                              "channels": 8})
+        if postfilter
+        else None,
+        output=output,
     )
-    from dataclasses import replace
-
-    return replace(base, **changes)
 
 
-def save_tiny_model(folder: Path, card: str | None = TINY_CARD, **changes) -> Path:
-    from dnsep_cli.model import ScoreModel
+def voiced_signal(seconds: float, sr: int = 16000, f0: float = 140.0, seed: int = 0) -> np.ndarray:
+    """A synthetic voiced 'speech' signal: harmonics of a gliding f0 under a syllable-rate envelope."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    f = f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t))
+    phase = 2 * np.pi * np.cumsum(f) / sr
+    x = sum(np.sin(k * phase + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 20) if k * f0 < sr / 2)
+    envelope = 0.5 * (1 - np.cos(2 * np.pi * 3.0 * t)) ** 2
+    return (0.3 * x * envelope / np.abs(x).max()).astype(np.float32)
 
+
+@pytest.fixture
+def torch_seed() -> None:
     torch.manual_seed(0)
-    return ScoreModel(tiny_config(**changes)).save_pretrained(folder, card=card)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder of the tiny model (config.json, model.safetensors, MODEL_CARD.md)."""
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-test")

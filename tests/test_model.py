@@ -1,0 +1,166 @@
+"""ScoreModel: parameterisations, persistence, the shipped backbone and the DeepFilter post-filter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model_config, voiced_signal
+
+from dnsep_cli.backbones import build_backbone
+from dnsep_cli.config import WEIGHTS_FILE
+from dnsep_cli.model import ScoreModel, enhance_spectrogram
+
+
+def _spectra(model: ScoreModel, batch: int = 2, channels: int = 1, seconds: float = 0.5):
+    wav = torch.stack([torch.from_numpy(voiced_signal(seconds, seed=i)) for i in range(batch * channels)])
+    x0 = model.spectrogram(wav.reshape(batch, channels, -1))
+    y = x0 + 0.05 * torch.randn_like(x0)
+    return x0, y
+
+
+def test_save_then_load_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = ScoreModel(tiny_model_config()).eval()
+    with torch.no_grad():  # move the weights away from their identity initialisation
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x0, y = _spectra(model)
+    t = torch.tensor([0.3, 0.8])
+    model.save_pretrained(tmp_path, card="# tiny\n")
+    loaded = ScoreModel.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(model.score(x0, y, t), loaded.score(x0, y, t))
+        assert torch.equal(model.apply_postfilter(x0, y), loaded.apply_postfilter(x0, y))
+    assert (tmp_path / "MODEL_CARD.md").read_text() == "# tiny\n"
+
+
+def test_loading_refuses_a_folder_without_weights(tmp_path):
+    ScoreModel(tiny_model_config()).save_pretrained(tmp_path)
+    (tmp_path / WEIGHTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        ScoreModel.from_pretrained(tmp_path)
+
+
+def test_spectrogram_round_trip_is_exact():
+    model = ScoreModel(tiny_model_config())
+    wav = torch.from_numpy(voiced_signal(0.7))[None, None]
+    back = model.waveform(model.spectrogram(wav), wav.shape[-1])
+    assert torch.allclose(back, wav, atol=1e-5)
+
+
+def test_data_parameterisation_score_is_tweedie():
+    """score = -(x - mean(x0_hat, y, t)) / std^2 for the backbone's estimate x0_hat."""
+    torch.manual_seed(1)
+    model = ScoreModel(tiny_model_config(output="data")).eval()
+    x0, y = _spectra(model)
+    t = torch.tensor([0.2, 0.9])
+    x = x0 + 0.1 * torch.randn_like(x0)
+    with torch.no_grad():
+        x0_hat = model.data_estimate(x, y, t)
+        mean, std = model.sde.marginal_prob(x0_hat, y, t)
+        expected = -(x - mean) / std.reshape(-1, 1, 1, 1) ** 2
+        assert torch.allclose(model.score(x, y, t), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_v_parameterisation_inverts_its_target_exactly():
+    """x0 = data_from_v(x_t, v_target(x0, z)) for x_t = mean + std z, at every t."""
+    model = ScoreModel(tiny_model_config(output="v"))
+    x0, y = _spectra(model)
+    t = torch.tensor([0.05, 0.95])
+    z = torch.randn_like(x0)
+    mean, std = model.sde.marginal_prob(x0, y, t)
+    x_t = mean + std.reshape(-1, 1, 1, 1) * z
+    v = model.v_target(x0, y, t, z)
+    assert torch.allclose(model._data_from_v(x_t, y, t, v), x0, atol=1e-5)
+    # v has unit scale: alpha^2 + sigma^2 = 1 makes it a rotation of (z, x0 - y)
+    a, std_b, r = model._v_coefficients(x0, y, t)
+    assert torch.allclose((a / r) ** 2 + (std_b / r) ** 2, torch.ones_like(r))
+
+
+def test_untrained_backbone_starts_from_the_noisy_input():
+    """Zero-initialised head: D(x, y, t) = y, a sane starting point for enhancement."""
+    model = ScoreModel(tiny_model_config())
+    x0, y = _spectra(model)
+    with torch.no_grad():
+        assert torch.allclose(model.data_estimate(x0, y, torch.tensor([0.5, 0.5])), y)
+
+
+def test_untrained_postfilter_is_the_identity():
+    model = ScoreModel(tiny_model_config())
+    x0, y = _spectra(model)
+    with torch.no_grad():
+        assert torch.allclose(model.apply_postfilter(x0, y), x0, atol=1e-5, rtol=1e-4)
+
+
+def test_postfilter_changes_only_the_deep_filtered_band():
+    torch.manual_seed(2)
+    model = ScoreModel(tiny_model_config())
+    with torch.no_grad():
+        model.postfilter.net[-1].weight.normal_(0, 0.1)
+    x0, y = _spectra(model)
+    with torch.no_grad():
+        out = model.apply_postfilter(x0, y)
+    num_freqs = model.postfilter.num_freqs
+    assert not torch.allclose(out[:, :, :num_freqs], x0[:, :, :num_freqs], atol=1e-3)
+    assert torch.allclose(out[:, :, num_freqs:], x0[:, :, num_freqs:], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_freq,n_time", [(129, 17), (257, 40), (64, 5)])
+def test_backbone_handles_any_spectrogram_size(n_freq, n_time):
+    net = build_backbone("osa_unet", {"channels": [8, 12, 16], "dilations": [1, 2, 4], "patch": 4})
+    x = torch.randn(2, 1, n_freq, n_time, dtype=torch.complex64)
+    out = net(x, torch.randn_like(x), torch.rand(2))
+    assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_backbone_is_equivariant_to_channel_order_and_mixes_channels():
+    """TAC at the bottleneck: permuting the audio channels permutes the output; channels do interact."""
+    torch.manual_seed(3)
+    net = build_backbone("osa_unet", {"channels": [8, 12], "dilations": [1, 2], "patch": 4}).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        x = torch.randn(1, 3, 64, 12, dtype=torch.complex64)
+        y = torch.randn_like(x)
+        t = torch.rand(1)
+        out = net(x, y, t)
+        perm = torch.tensor([2, 0, 1])
+        assert torch.allclose(net(x[:, perm], y[:, perm], t), out[:, perm], atol=1e-5)
+        y2 = y.clone()
+        y2[:, 2] = 0
+        assert not torch.allclose(net(x, y2, t)[:, 0], out[:, 0], atol=1e-4)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(4)
+    model = ScoreModel(tiny_model_config())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x0, y = _spectra(model)
+    t = torch.tensor([0.3, 0.6])
+    loss = model.data_estimate(x0, y, t).abs().mean() + model.apply_postfilter(x0, y).abs().mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_enhance_spectrogram_counts_score_evaluations_and_is_seeded():
+    torch.manual_seed(5)
+    model = ScoreModel(tiny_model_config()).eval()
+    _, y = _spectra(model, batch=1)
+    calls = []
+    score = model.score
+
+    def counting(x, yy, t):
+        calls.append(1)
+        return score(x, yy, t)
+
+    model.score = counting  # count real evaluations of the real model
+    sampler = model.config.sampler
+    with torch.no_grad():
+        a, nfe = enhance_spectrogram(model, y, sampler, generator=torch.Generator().manual_seed(7))
+        b, _ = enhance_spectrogram(model, y, sampler, generator=torch.Generator().manual_seed(7))
+    assert nfe == sampler.steps * (sampler.corrector_steps + 1) if sampler.corrector != "none" else sampler.steps
+    assert len(calls) == 2 * nfe
+    assert torch.equal(a, b)
