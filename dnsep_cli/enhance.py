@@ -308,6 +308,8 @@ class Enhancer:
         if unknown:
             raise UsageError(f"unknown enhancement option(s): {', '.join(sorted(unknown))}")
         sampler_changes = {k: v for k, v in overrides.items() if k in SAMPLER_KEYS}
+        if sampler_changes.get("t_start") == 0:
+            sampler_changes["t_start"] = None  # t_start=0: start from the prior (None itself means "unchanged")
         other = {k: v for k, v in overrides.items() if k in SETTING_KEYS}
         settings = replace(self.settings, sampler=replace(self.settings.sampler, **sampler_changes), **other)
         return self._validated(settings)

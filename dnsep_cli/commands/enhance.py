@@ -111,6 +111,10 @@ def plan_jobs(paths: list[Path], output: Path | None, exts: tuple[str, ...], for
     return plan
 
 
+# Sampler settings of --quality: more reverse steps from an earlier start than the fast default.
+QUALITY_PRESET: dict[str, object] = {"t_start": 0.5, "steps": 6, "corrector": "none"}
+
+
 def enhance(
     paths: list[Path] = typer.Argument(
         ..., help="Input files and/or folders, then the output file or folder (or use -o).", show_default=False
@@ -126,6 +130,14 @@ def enhance(
     snr: float | None = typer.Option(None, "--snr", help="Corrector signal-to-noise ratio (> 0)."),
     corrector_steps: int | None = typer.Option(None, "--corrector-steps", help="Corrector steps per step (>= 0)."),
     t_eps: float | None = typer.Option(None, "--t-eps", help="Smallest diffusion time of the reverse process."),
+    t_start: float | None = typer.Option(
+        None,
+        "--t-start",
+        help="Start the reverse process at this t from the model's one-shot estimate (StoRM); 0: from the prior.",
+    ),
+    quality: bool = typer.Option(
+        False, "--quality", help="More score evaluations for a little more quality (slower; see dnsep inspect)."
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed: same seed and device, same output."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (fp16: CUDA only)."),
@@ -159,7 +171,11 @@ def enhance(
         if subtype is not None and subtype.upper() not in sf.available_subtypes():
             raise UsageError(f"unknown --subtype {subtype!r}")
     plan = plan_jobs(list(paths), output, exts, format)
-    overrides = {
+    # the --quality preset first, so explicit options still override it
+    overrides: dict[str, object] = dict(QUALITY_PRESET) if quality else {}
+    if t_start is not None and t_start < 0:
+        raise UsageError(f"--t-start must be >= 0, got {t_start}")
+    explicit = {
         "steps": steps,
         "sampler": sampler,
         "predictor": predictor,
@@ -167,10 +183,12 @@ def enhance(
         "snr": snr,
         "corrector_steps": corrector_steps,
         "t_eps": t_eps,
+        "t_start": t_start,
         "chunk_seconds": chunk_seconds,
         "batch_size": batch_size,
         "atten_lim_db": atten_lim_db,
     }
+    overrides.update({k: v for k, v in explicit.items() if v is not None})
     if no_postfilter:
         overrides["postfilter"] = False
 
