@@ -46,7 +46,7 @@ class DeepFilterPostFilter(nn.Module):
         b, m, _, n_time = x_hat.shape
         low = slice(0, self.num_freqs)
         feats = torch.stack([x_hat[:, :, low].real, x_hat[:, :, low].imag, y[:, :, low].real, y[:, :, low].imag], 2)
-        out = self.net(feats.reshape(b * m, 4, self.num_freqs, n_time))
+        out = self.net(feats.reshape(b * m, 4, self.num_freqs, n_time)).float()  # complex needs float parts
         out = out.reshape(b, m, 2, 2, self.order, self.num_freqs, n_time)
         delta = torch.complex(out[:, :, :, 0], out[:, :, :, 1])
         eye = identity_coefs(b, m, self.order, self.num_freqs, n_time, self.lookahead, x_hat.device, delta.dtype)

@@ -164,3 +164,12 @@ def test_enhance_spectrogram_counts_score_evaluations_and_is_seeded():
     assert nfe == sampler.steps * (sampler.corrector_steps + 1) if sampler.corrector != "none" else sampler.steps
     assert len(calls) == 2 * nfe
     assert torch.equal(a, b)
+
+
+def test_model_runs_under_bf16_autocast():
+    """Mixed precision (--precision bf16): the complex outputs are built from float32 parts."""
+    model = ScoreModel(tiny_model_config()).eval()
+    x0, y = _spectra(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.apply_postfilter(model.data_estimate(x0, y, torch.tensor([0.5, 0.5])), y)
+    assert out.dtype == torch.complex64 and torch.isfinite(out.real).all()

@@ -146,7 +146,8 @@ class OSAUNet(nn.Module):
             h = self.fuse[i](torch.cat([h, skips[i]], dim=1))
             h = self.dec[i](self.dec_film[i](h, emb))
         h = self.unpatch(h)[:, :, :n_freq, :n_time]
-        out = self.head(torch.cat([h, feats], dim=1)).reshape(b, m, 4, n_freq, n_time)
+        # complex tensors need float32/64 parts: under bf16/fp16 autocast the head's output is half precision
+        out = self.head(torch.cat([h, feats], dim=1)).float().reshape(b, m, 4, n_freq, n_time)
         mask_y = torch.complex(out[:, :, 0], out[:, :, 1])
         mask_x = torch.complex(out[:, :, 2], out[:, :, 3])
         return mask_y * y + mask_x * x
