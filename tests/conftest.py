@@ -20,8 +20,9 @@ def tiny_model_config(output: str = "data", postfilter: bool = True) -> ModelCon
             params={"channels": [8, 12], "dilations": [1, 2], "patch": 4, "num_convs": 2, "head_channels": 8},
         ),
         sampler=SamplerConfig(corrector="none", steps=3),
-        postfilter=PostFilterConfig(name="deepfilter", params={"num_freqs": 24, "order": 3, "lookahead": 1,
-                                                              "channels": 8})
+        postfilter=PostFilterConfig(
+            name="deepfilter", params={"num_freqs": 24, "order": 3, "lookahead": 1, "channels": 8}
+        )
         if postfilter
         else None,
         output=output,

@@ -7,6 +7,10 @@ transform (``SpecsDataModule.stft/spec_fwd/spec_back/istft``), ``pad_spec``, the
 ``sampling.get_pc_sampler``. The one line written here is ``ScoreModel.forward`` for the ``ncsnpp`` and
 ``ncsnpp_48k`` backbones, ``score = -dnn(cat[x_t, y], t)``.
 
+``write_reference_checkpoint`` writes a checkpoint in the structure the reference's training writes
+(``state_dict`` under ``dnn.``, torch-ema's ``ema`` entry, ``hyper_parameters`` with the pickled
+``data_module_cls``), for a randomly initialised reference network.
+
 Importing the data module needs ``pytorch_lightning`` (a base class) and ``torchaudio`` (a file loader);
 where they are not installed, empty stand-ins are put in ``sys.modules`` only while it is imported.
 """
@@ -17,6 +21,8 @@ import importlib
 import importlib.util
 import sys
 import types
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -63,6 +69,38 @@ def build_dnn(hparams: dict[str, Any]) -> torch.nn.Module:
     from sgmse.backbones import BackboneRegistry
 
     return BackboneRegistry.get_by_name(hparams["backbone"])(**hparams)
+
+
+def write_reference_checkpoint(path: str | Path, hparams: dict[str, Any], perturb: float = 0.01) -> torch.nn.Module:
+    """A checkpoint as the reference's Lightning training writes it, with random weights; returns the reference
+    network holding the weights to use (the EMA ones)."""
+    specs = data_module_class()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        dnn = build_dnn(hparams).eval()
+    raw = OrderedDict((f"dnn.{k}", v.clone()) for k, v in dnn.state_dict().items())
+    # EMA weights: the initial ones plus noise, so the zero-initialised layers take part and raw != EMA
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in dnn.parameters():
+            p.add_(perturb * torch.randn(p.shape, generator=g))
+    checkpoint = {
+        "epoch": 1,
+        "global_step": 10,
+        "pytorch-lightning_version": "2.2.1",
+        "state_dict": raw,
+        "ema": {
+            "decay": 0.999,
+            "num_updates": 10,
+            "shadow_params": [p.detach().clone() for p in dnn.parameters()],
+            "collected_params": None,
+        },
+        "hyper_parameters": {**hparams, "data_module_cls": specs},
+    }
+    # the class reference is pickled by name, from where the reference defines it
+    with mock.patch.dict(sys.modules, {"sgmse.data_module": types.SimpleNamespace(SpecsDataModule=specs)}):
+        torch.save(checkpoint, path)
+    return dnn
 
 
 def reference_enhance(

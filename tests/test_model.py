@@ -37,7 +37,7 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
 def test_loading_refuses_a_folder_without_weights(tmp_path):
     ScoreModel(tiny_model_config()).save_pretrained(tmp_path)
     (tmp_path / WEIGHTS_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         ScoreModel.from_pretrained(tmp_path)
 
 

@@ -26,16 +26,11 @@ Levels do not change the process otherwise: both divide by the input peak first.
 
 from __future__ import annotations
 
-import sys
 import types
-from collections import OrderedDict
-from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
 import sgmse_reference
-import torch
 
 pytestmark = pytest.mark.skipif(not sgmse_reference.available(), reason="needs the sgmse package (--no-deps)")
 
@@ -96,43 +91,13 @@ def make_signal(rate: int) -> np.ndarray:
     return (1e-3 * (speechy + 0.05 * rng.standard_normal(LENGTH))).astype(np.float32)
 
 
-def write_reference_checkpoint(path: Path, hparams: dict) -> torch.nn.Module:
-    """A checkpoint as the reference's training writes it; returns the reference network holding the EMA weights."""
-    specs = sgmse_reference.data_module_class()
-    torch.manual_seed(0)
-    dnn = sgmse_reference.build_dnn(hparams).eval()
-    raw = OrderedDict((f"dnn.{k}", v.clone()) for k, v in dnn.state_dict().items())
-    # EMA weights: the initial ones plus noise, so the zero-initialised layers take part and raw != EMA
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in dnn.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=g))
-    checkpoint = {
-        "epoch": 1,
-        "global_step": 10,
-        "pytorch-lightning_version": "2.2.1",
-        "state_dict": raw,
-        "ema": {
-            "decay": 0.999,
-            "num_updates": 10,
-            "shadow_params": [p.detach().clone() for p in dnn.parameters()],
-            "collected_params": None,
-        },
-        "hyper_parameters": {**hparams, "data_module_cls": specs},
-    }
-    # the class reference is pickled by name, from where the reference defines it
-    with mock.patch.dict(sys.modules, {"sgmse.data_module": types.SimpleNamespace(SpecsDataModule=specs)}):
-        torch.save(checkpoint, path)
-    return dnn
-
-
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> types.SimpleNamespace:
     from dnsep_cli.enhance import Enhancer
 
     hparams = VARIANTS[request.param]
     path = tmp_path_factory.mktemp("sgmse") / f"{request.param}.ckpt"
-    dnn = write_reference_checkpoint(path, hparams)
+    dnn = sgmse_reference.write_reference_checkpoint(path, hparams)
     noisy = make_signal(hparams["sr"])
     reference = sgmse_reference.reference_enhance(dnn, hparams, noisy, SEED, N=30, snr=0.5, corrector_steps=1)
     enhancer = Enhancer.from_pretrained(path, device="cpu", chunk_seconds=30.0)

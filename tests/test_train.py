@@ -12,23 +12,32 @@ from conftest import tiny_model_config, voiced_signal
 
 from dnsep_cli.cli import main
 from dnsep_cli.model import ScoreModel
-from dnsep_cli.train import Trainer, TrainConfig, lr_at, prepare_batch, training_loss
+from dnsep_cli.train import TrainConfig, Trainer, lr_at, prepare_batch, training_loss
 
 SR = 16000
 
 
 def synthetic_batches(batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Voiced signals in white noise; every draw comes from ``rng`` so the stream is reproducible."""
-    clean = np.stack([voiced_signal(0.5, f0=rng.uniform(100, 220), seed=int(rng.integers(1 << 30)))
-                      for _ in range(batch_size)])
+    clean = np.stack(
+        [voiced_signal(0.5, f0=rng.uniform(100, 220), seed=int(rng.integers(1 << 30))) for _ in range(batch_size)]
+    )
     noise = 0.05 * rng.standard_normal(clean.shape).astype(np.float32)
     clean_t = torch.from_numpy(clean)[:, None]
     return {"clean": clean_t, "noisy": clean_t + torch.from_numpy(noise)[:, None]}
 
 
 def _config(tmp_path, **changes) -> TrainConfig:
-    base = dict(out_dir=str(tmp_path), batch_size=2, max_steps=6, warmup_steps=2, lr=3e-3, checkpoint_every=1e9,
-                log_every=1, seed=3)
+    base = dict(
+        out_dir=str(tmp_path),
+        batch_size=2,
+        max_steps=6,
+        warmup_steps=2,
+        lr=3e-3,
+        checkpoint_every=1e9,
+        log_every=1,
+        seed=3,
+    )
     base.update(changes)
     return TrainConfig(**base)
 
@@ -125,8 +134,21 @@ def _write_folder(folder, n: int, kind: str) -> None:
 def test_cli_trains_from_speech_and_noise_folders(tmp_path, capsys):
     _write_folder(tmp_path / "speech", 3, "speech")
     _write_folder(tmp_path / "noise", 2, "noise")
-    args = ["train", str(tmp_path / "run"), "--speech", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise"),
-            "--max-steps", "2", "--batch-size", "2", "--segment-seconds", "0.5", "--quiet"]
+    args = [
+        "train",
+        str(tmp_path / "run"),
+        "--speech",
+        str(tmp_path / "speech"),
+        "--noise",
+        str(tmp_path / "noise"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--segment-seconds",
+        "0.5",
+        "--quiet",
+    ]
     assert run_cli(args) == 0
     assert (tmp_path / "run" / "last" / "model.safetensors").is_file()
     assert ScoreModel.from_pretrained(tmp_path / "run" / "last").num_parameters() > 0
