@@ -173,6 +173,8 @@ def test_usage_errors_exit_2(model_dir: Path, tmp_path: Path, capsys) -> None:
         (["--precision", "fp8"], "unknown --precision"),
         (["--format", "xyz"], "unknown --format"),
         (["--threads", "0"], "--threads"),
+        (["--t-start", "-0.5"], "--t-start must be >= 0"),
+        (["--t-start", "3"], "t_start must be in"),
     ]:
         code, _, err = run(base + extra, capsys)
         assert code == 2, (extra, err)
@@ -267,3 +269,17 @@ def test_real_entry_point_in_a_subprocess(tmp_path: Path) -> None:
     bad = subprocess.run([*cmd, "-m", str(tmp_path / "m"), "--steps", "0"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "dnsep: error: --steps must be an integer >= 1, got 0"
+
+
+def test_quality_preset_and_t_start(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """--quality takes the preset's sampler settings; explicit options override it; --t-start 0 = the prior."""
+    from dnsep_cli.commands.enhance import QUALITY_PRESET
+
+    sf.write(tmp_path / "in.wav", _signal(0.3), 16_000)
+    base = ["enhance", tmp_path / "in.wav", "-m", model_dir, "--json", "--overwrite"]
+    code, out, _ = run([*base, tmp_path / "q.wav", "--quality"], capsys)
+    sampler = json.loads(out)["settings"]["sampler"]
+    assert code == 0 and all(sampler[k] == v for k, v in QUALITY_PRESET.items())
+    code, out, _ = run([*base, tmp_path / "q2.wav", "--quality", "--steps", "2", "--t-start", "0"], capsys)
+    sampler = json.loads(out)["settings"]["sampler"]
+    assert code == 0 and sampler["steps"] == 2 and sampler["t_start"] is None
