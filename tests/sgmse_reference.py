@@ -113,6 +113,7 @@ def reference_enhance(
     snr: float = 0.5,
     corrector_steps: int = 1,
     t_eps: float = 0.03,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """``enhancement.py`` for one mono file ``noisy`` ``(L,)`` at the model rate, the global RNG seeded with ``seed``.
 
@@ -132,19 +133,20 @@ def reference_enhance(
         return -dnn(torch.cat([x, y], dim=1), t)
 
     with torch.no_grad():
-        y = torch.from_numpy(np.asarray(noisy, dtype=np.float32))[None]  # (1, L), as torchaudio.load gives
+        y = torch.from_numpy(np.asarray(noisy, dtype=np.float32))[None].to(device)  # (1, L), as torchaudio.load
         T_orig = y.size(1)
         norm_factor = y.abs().max()
         y = y / norm_factor
         Y = torch.unsqueeze(data_module.spec_fwd(data_module.stft(y)), 0)
         Y = pad_spec(Y, mode=pad_mode)
         # (on a forked global RNG, so the caller's random state is left as it was)
-        with torch.random.fork_rng(devices=[]):
+        devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             sample = _run_pc_sampler(sampling, sde, score_fn, Y, t_eps, snr, corrector_steps)
         x_hat = data_module.istft(data_module.spec_back(sample.squeeze()), T_orig)
         x_hat = x_hat * norm_factor
-    return x_hat.numpy()
+    return x_hat.cpu().numpy()
 
 
 def _run_pc_sampler(sampling: Any, sde: Any, score_fn: Any, Y: torch.Tensor, t_eps: float, snr: float, k: int):
