@@ -246,6 +246,7 @@ def assert_same_output(ref: torch.nn.Module, ours: torch.nn.Module, F: int, T: i
         # (the reference's fir=False output pyramid calls F.interpolate wrongly, so only without pyramids)
         ("ncsnpp", {**SMALL, "progressive": "none", "progressive_input": "none", "fir": False, "ch_mult": (1, 2, 2)}),
         ("ncsnpp_48k", {**SMALL, "attn_resolutions": ()}),
+        ("ncsnpp_48k", {**SMALL, "attn_resolutions": (), "nonlinearity": "lrelu", "num_res_blocks": 2}),
     ],
 )
 def test_small_config_equals_reference(name: str, config: dict) -> None:

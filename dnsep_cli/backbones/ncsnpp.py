@@ -34,6 +34,7 @@ list in construction order, and ``output_layer``), so its checkpoints load with 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,13 @@ from torch import nn
 
 from dnsep_cli.backbones import register_backbone
 
-_ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU}
+_ACTIVATIONS = {
+    "swish": nn.SiLU,
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "lrelu": functools.partial(nn.LeakyReLU, negative_slope=0.2),
+}
 
 
 # -- initialisation (DDPM, Ho et al. 2020: variance scaling, fan_avg, uniform) --------------------------
