@@ -111,7 +111,7 @@ def plan_jobs(paths: list[Path], output: Path | None, exts: tuple[str, ...], for
     return plan
 
 
-# Sampler settings of --quality: more reverse steps from an earlier start than the fast default.
+# Sampler settings of --quality: more reverse steps from an earlier start than a few-step default.
 QUALITY_PRESET: dict[str, object] = {"t_start": 0.5, "steps": 6, "corrector": "none"}
 
 
@@ -136,7 +136,10 @@ def enhance(
         help="Start the reverse process at this t from the model's one-shot estimate (StoRM); 0: from the prior.",
     ),
     quality: bool = typer.Option(
-        False, "--quality", help="More score evaluations for a little more quality (slower; see dnsep inspect)."
+        False,
+        "--quality",
+        help="The multi-step reverse process (t_start 0.5, 6 steps; slower). See the model card for whether it"
+        " measures better than the model's default.",
     ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed: same seed and device, same output."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
