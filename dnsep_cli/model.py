@@ -204,34 +204,22 @@ def enhance_spectrogram(
         z = torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=generator)
         x_start = mean + std.reshape(-1, *([1] * (y.dim() - 1))) * z
         extra_nfe = 1
+    options: dict = {
+        "steps": sampler.steps,
+        "t_eps": sampler.t_eps,
+        "t_start": sampler.t_start,
+        "x_start": x_start,
+        "denoise": sampler.denoise,
+        "generator": generator,
+        "callback": callback,
+    }
     if sampler.sampler == "pc":
-        result = SAMPLERS["pc"](
-            sde,
-            model.score,
-            y,
-            steps=sampler.steps,
+        options.update(
             predictor=sampler.predictor,
             corrector=sampler.corrector,
             snr=sampler.snr,
             corrector_steps=sampler.corrector_steps,
-            t_eps=sampler.t_eps,
-            denoise=sampler.denoise,
-            t_start=sampler.t_start,
-            x_start=x_start,
-            generator=generator,
-            callback=callback,
         )
-    else:
-        result = SAMPLERS[sampler.sampler](
-            sde,
-            model.score,
-            y,
-            steps=sampler.steps,
-            t_eps=sampler.t_eps,
-            t_start=sampler.t_start,
-            x_start=x_start,
-            generator=generator,
-            callback=callback,
-        )
+    result = SAMPLERS[sampler.sampler](sde, model.score, y, **options)
     x_hat = model.apply_postfilter(result.x, y) if postfilter else result.x
     return x_hat, result.nfe + extra_nfe

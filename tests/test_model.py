@@ -173,3 +173,17 @@ def test_model_runs_under_bf16_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.apply_postfilter(model.data_estimate(x0, y, torch.tensor([0.5, 0.5])), y)
     assert out.dtype == torch.complex64 and torch.isfinite(out.real).all()
+
+
+@pytest.mark.parametrize("denoise", [True, False])
+def test_ode_sampler_honours_denoise_and_reports_its_nfe(denoise):
+    from dnsep_cli.config import SamplerConfig
+    from dnsep_cli.sampling import count_nfe
+
+    model = ScoreModel(tiny_model_config()).eval()
+    _, y = _spectra(model, batch=1)
+    sampler = SamplerConfig(sampler="ode", steps=2, denoise=denoise)
+    with torch.no_grad():
+        _, nfe = enhance_spectrogram(model, y, sampler)
+    assert nfe == count_nfe("ode", 2, "reverse_diffusion", "ald", 1, method="heun", denoise=denoise)
+    assert nfe == 2 * 2 + int(denoise)
