@@ -107,6 +107,9 @@ class ModelConfig:
     # Time frames the backbone needs as a multiple (NCSN++: 64); the input is padded to it.
     frame_multiple: int = 1
     pad_mode: str = "constant"  # "constant" | "reflect"
+    # Invert the padded frames too and crop in samples (the SGMSE+ reference does), instead of dropping them
+    # first: the estimate in the padded frames then reaches into the last n_fft samples, as in the reference.
+    invert_padding: bool = False
     chunk_seconds: float = 8.0
     overlap_seconds: float = 1.0
     version: int = 1

@@ -609,7 +609,10 @@ class Enhancer:
             x_hat = x_hat.reshape(b, c, *x_hat.shape[2:])
             outputs = []
             for i, chunk in enumerate(batch):
-                wav = model.waveform(x_hat[i, :, :, : frames[i]], lengths[i])[:, : chunk.length]
+                keep = frames[i]
+                if cfg.invert_padding:  # this chunk's own padding, not the batch's
+                    keep = math.ceil(frames[i] / cfg.frame_multiple) * cfg.frame_multiple
+                wav = model.waveform(x_hat[i, :, :, :keep], lengths[i])[:, : chunk.length]
                 out = wav.float().cpu().numpy()
                 if not np.isfinite(out).all():
                     raise DnsepError("the model produced NaN or Inf; try --precision fp32 or other sampler settings")

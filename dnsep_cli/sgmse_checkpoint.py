@@ -264,6 +264,7 @@ def config_from_hparams(hparams: dict[str, Any], name: str = "sgmse") -> ModelCo
         normalize="peak",
         frame_multiple=64,
         pad_mode="reflect" if is_48k else "constant",
+        invert_padding=True,
     )
 
 

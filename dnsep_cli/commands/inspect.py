@@ -93,6 +93,7 @@ def describe_model(spec: str | None) -> dict[str, Any]:
             "normalize": cfg.normalize,
             "frame_multiple": cfg.frame_multiple,
             "pad_mode": cfg.pad_mode,
+            "invert_padding": cfg.invert_padding,
             "chunk_seconds": cfg.chunk_seconds,
             "overlap_seconds": cfg.overlap_seconds,
         },
@@ -152,7 +153,7 @@ def _print_tables(info: dict[str, Any]) -> None:
             ("frame / hop", f"{st['frame_ms']:.1f} ms / {st['hop_ms']:.1f} ms"),
             ("transform", info["transform"]["formula"]),
             ("level", info["input"]["normalize"]),
-            ("frames padded to", f"multiple of {info['input']['frame_multiple']} ({info['input']['pad_mode']})"),
+            ("frames padded to", _padding(info["input"])),
             ("chunks", f"{info['input']['chunk_seconds']:g} s, overlap {info['input']['overlap_seconds']:g} s"),
         ],
     )
@@ -212,3 +213,8 @@ def inspect(
 
 def register(app: typer.Typer) -> None:
     app.command("inspect")(inspect)
+
+
+def _padding(inp: dict) -> str:
+    text = f"multiple of {inp['frame_multiple']} ({inp['pad_mode']})"
+    return text + ("; padded frames inverted, then cropped" if inp["invert_padding"] else "; dropped before the iSTFT")
