@@ -17,10 +17,14 @@ others, ``~A``, are speech-absent. For an enhanced ``s_hat`` of a noisy ``y``:
     absent_level_db     = 10 log10( P_~A(s_hat) / P_A(s) )      residual level in the pauses, re active speech
     absent_noisy_db     = 10 log10( P_~A(y) / P_A(s) )          the same for the input
     absent_reduction_db = absent_noisy_db - absent_level_db     < 0: the model ADDED energy in the pauses
-    absent_max_frame_gain_db = max_{f in ~A, P_f(y) > 0} 10 log10( P_f(s_hat) / P_f(y) )
+    absent_max_frame_gain_db = max_{f in ~A} 10 log10( P_f(s_hat) / max_{|k| <= K} P_{f+k}(y) )
 
-For an input with no speech at all (``noise_only_report``) the gain ``P(s_hat) / P(y)`` should be <= 1 and
-no frame should come out much louder than it went in. Undefined ratios (no active frames, digital silence)
+The frame gain compares each output frame with the loudest input frame within ``K = CONTEXT_FRAMES`` of it:
+an STFT enhancer's window (32 ms for the shipped models) spreads a loud frame's energy into a digitally
+quiet neighbour, which is smearing, not invention; a burst with no loud input nearby is what it catches.
+Frames whose neighbourhood is digital silence are left out. For an input with no speech at all
+(``noise_only_report``) the gain ``P(s_hat) / P(y)`` should be <= 1 and no frame should come out much louder
+than its input neighbourhood. Undefined ratios (no active frames, digital silence)
 are ``nan``, never a division warning; the dB of zero power is ``-inf``.
 
 Signals are float arrays ``(L,)`` mono or ``(L, C)`` time first (as soundfile and ``Enhancer.enhance`` use).
@@ -33,6 +37,8 @@ import math
 import numpy as np
 
 from dnsep_cli.data import ACTIVE_THRESHOLD_DB, FRAME_SECONDS
+
+CONTEXT_FRAMES = 1  # +-20 ms: covers the spread of a 32 ms analysis window
 
 
 def _frames(x: np.ndarray, sample_rate: int, frame_seconds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +124,7 @@ def level_report(
     enhanced: np.ndarray,
     sample_rate: int,
     threshold_db: float = ACTIVE_THRESHOLD_DB,
+    context_frames: int = CONTEXT_FRAMES,
 ) -> dict[str, float]:
     """The level measures of ``enhanced`` against its ``clean`` reference and ``noisy`` input (module docstring).
 
@@ -146,24 +153,34 @@ def level_report(
         "absent_level_db": absent_level,
         "absent_noisy_db": absent_noisy,
         "absent_reduction_db": absent_noisy - absent_level,
-        "absent_max_frame_gain_db": _max_frame_gain_db(e_y, e_x, absent),
+        "absent_max_frame_gain_db": _max_frame_gain_db(e_y, e_x, n_s, absent, context_frames),
         "active_fraction": float(active.mean()) if active.size else math.nan,
     }
 
 
-def _max_frame_gain_db(e_in: np.ndarray, e_out: np.ndarray, mask: np.ndarray) -> float:
-    """Largest ``10 log10(E_out / E_in)`` over the frames in ``mask`` whose input is not digital silence."""
-    keep = mask & (e_in > 0)
+def _max_frame_gain_db(
+    e_in: np.ndarray, e_out: np.ndarray, n: np.ndarray, mask: np.ndarray, context: int = CONTEXT_FRAMES
+) -> float:
+    """Largest ``10 log10(P_out(f) / max_{|k| <= context} P_in(f + k))`` over the frames ``f`` in ``mask``
+    whose input neighbourhood is not digital silence; ``nan`` if there is none."""
+    if not mask.any():
+        return math.nan
+    p_in, p_out = e_in / np.maximum(n, 1.0), e_out / np.maximum(n, 1.0)
+    padded = np.pad(p_in, context, mode="edge")
+    local = np.max([padded[k : k + p_in.size] for k in range(2 * context + 1)], axis=0)
+    keep = mask & (local > 0)
     if not keep.any():
         return math.nan
-    return float(np.max(_db(e_out[keep] / e_in[keep])))
+    return float(np.max(_db(p_out[keep] / local[keep])))
 
 
-def noise_only_report(noisy: np.ndarray, enhanced: np.ndarray, sample_rate: int) -> dict[str, float]:
+def noise_only_report(
+    noisy: np.ndarray, enhanced: np.ndarray, sample_rate: int, context_frames: int = CONTEXT_FRAMES
+) -> dict[str, float]:
     """Levels of ``enhanced`` for an input ``noisy`` without any speech (same shape, ``(L,)`` or ``(L, C)``).
 
     Keys: ``gain_db`` (``10 log10(P(s_hat) / P(y))``, should be <= 0), ``max_frame_gain_db`` (the largest
-    per-frame gain over frames whose input is not digital silence: a hallucinated burst shows here),
+    gain of a frame over its input neighbourhood, see the module docstring: a hallucinated burst shows here),
     ``input_rms_dbfs``, ``output_rms_dbfs`` (``10 log10 P``; ``-inf`` for digital silence, which is how an
     output invented from a silent input shows, its gains being ``nan``), ``peak_dbfs`` and ``clipped``.
     """
@@ -176,7 +193,7 @@ def noise_only_report(noisy: np.ndarray, enhanced: np.ndarray, sample_rate: int)
     peak_dbfs, clipped = _peak(enhanced)
     return {
         "gain_db": _ratio_db(p_x, p_y),
-        "max_frame_gain_db": _max_frame_gain_db(e_y, e_x, every),
+        "max_frame_gain_db": _max_frame_gain_db(e_y, e_x, n, every, context_frames),
         "input_rms_dbfs": float(_db(p_y)),
         "output_rms_dbfs": float(_db(p_x)),
         "peak_dbfs": peak_dbfs,

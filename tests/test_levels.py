@@ -149,6 +149,20 @@ def test_noise_only_gain_and_frame_gain():
     assert r["gain_db"] < -8.0
 
 
+def test_frame_gain_forgives_smearing_next_to_a_loud_frame_only():
+    # noise that stops dead: the output leaks -30 dB re the loud frame into the first quiet frame (window
+    # smearing), and later invents a burst 3 frames into the quiet part
+    n = 0.1 * np.random.default_rng(5).standard_normal(20 * FRAME)
+    n[10 * FRAME :] *= 1e-4
+    x = 0.5 * n
+    x[10 * FRAME : 11 * FRAME] += 0.1 * 10 ** (-30 / 20) * np.random.default_rng(6).standard_normal(FRAME)
+    smeared = noise_only_report(n, x, SR)
+    assert smeared["max_frame_gain_db"] < 0.0  # within the loud neighbour's reach
+    assert noise_only_report(n, x, SR, context_frames=0)["max_frame_gain_db"] > 40.0
+    x[14 * FRAME : 15 * FRAME] += 0.01
+    assert noise_only_report(n, x, SR)["max_frame_gain_db"] > 40.0
+
+
 def test_noise_only_digital_silence_gives_nan_gains_and_shows_invented_output():
     z = np.zeros((SR, 2))
     with warnings.catch_warnings():
