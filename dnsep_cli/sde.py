@@ -190,13 +190,28 @@ def build_sde(name: str, **params: Any) -> SDE:
         raise ValueError(f"bad parameters for SDE {name!r}: {err}") from err
 
 
-def _check_sigmas(sigma_min: float, sigma_max: float) -> None:
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+class _GeometricNoiseSDE(SDE):
+    """The noise schedule OUVE and VE share: ``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` and
+    ``g(t) = sqrt(d sigma^2 / dt) = sigma(t) sqrt(2 L)``, ``L = log(sigma_max / sigma_min)``."""
+
+    def _set_sigmas(self, sigma_min: float, sigma_max: float) -> None:
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.L = math.log(self.sigma_max / self.sigma_min)
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` ``(B,)``."""
+        return self.sigma_min * torch.exp(self.L * self._t(t))
+
+    def g(self, t: torch.Tensor) -> torch.Tensor:
+        """``g(t) = sigma(t) sqrt(2 L)`` ``(B,)``."""
+        return self.sigma(t) * math.sqrt(2 * self.L)
 
 
 @register_sde
-class OUVESDE(SDE):
+class OUVESDE(_GeometricNoiseSDE):
     """Ornstein-Uhlenbeck SDE with variance-exploding diffusion (SGMSE+, Richter et al. 2023, Eq. 4-6)::
 
         dx = theta (y - x) dt + g(t) dw,
@@ -215,24 +230,14 @@ class OUVESDE(SDE):
         self, theta: float = 1.5, sigma_min: float = 0.05, sigma_max: float = 0.5, T: float = 1.0, N: int = 30
     ) -> None:
         super().__init__(T, N)
-        _check_sigmas(sigma_min, sigma_max)
+        self._set_sigmas(sigma_min, sigma_max)
         if not theta > 0:
             raise ValueError(f"OUVE stiffness theta must be > 0, got {theta}")
         self.theta = float(theta)
-        self.sigma_min = float(sigma_min)
-        self.sigma_max = float(sigma_max)
-        # L = log(sigma_max / sigma_min)
-        self.L = math.log(self.sigma_max / self.sigma_min)
-
-    def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        """``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` ``(B,)``."""
-        return self.sigma_min * torch.exp(self.L * self._t(t))
 
     def sde(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # f = theta (y - x);  g(t) = sigma(t) sqrt(2 L)
-        drift = self.theta * (y - x)
-        diffusion = self.sigma(t) * math.sqrt(2 * self.L)
-        return drift, diffusion
+        return self.theta * (y - x), self.g(t)
 
     def mean_coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # mean = e^{-theta t} x0 + (1 - e^{-theta t}) y
@@ -251,7 +256,7 @@ class OUVESDE(SDE):
 
 
 @register_sde
-class VESDE(SDE):
+class VESDE(_GeometricNoiseSDE):
     """Variance-exploding SDE (Song et al. 2021, Eq. 9 and 30) with a geometric noise scale, conditioned on ``y``::
 
         dx = g(t) dw,    sigma(t) = sigma_min (sigma_max / sigma_min)^t,    g(t) = sigma(t) sqrt(2 L),
@@ -268,19 +273,11 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 1.0, T: float = 1.0, N: int = 30) -> None:
         super().__init__(T, N)
-        _check_sigmas(sigma_min, sigma_max)
-        self.sigma_min = float(sigma_min)
-        self.sigma_max = float(sigma_max)
-        # L = log(sigma_max / sigma_min)
-        self.L = math.log(self.sigma_max / self.sigma_min)
-
-    def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        """``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` ``(B,)``."""
-        return self.sigma_min * torch.exp(self.L * self._t(t))
+        self._set_sigmas(sigma_min, sigma_max)
 
     def sde(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # f = 0;  g(t) = sqrt(d sigma^2 / dt) = sigma(t) sqrt(2 L)
-        return torch.zeros_like(x), self.sigma(t) * math.sqrt(2 * self.L)
+        # f = 0;  g(t) = sigma(t) sqrt(2 L)
+        return torch.zeros_like(x), self.g(t)
 
     def mean_coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self._t(t)

@@ -35,36 +35,28 @@ class STFT:
     def __init__(self, cfg: STFTConfig) -> None:
         self.cfg = cfg
 
+    def _framing(self, device: torch.device, dtype: torch.dtype) -> dict:
+        """The framing arguments ``torch.stft`` and ``torch.istft`` share, so the two always invert each other."""
+        return {
+            "n_fft": self.cfg.n_fft,
+            "hop_length": self.cfg.hop_length,
+            "win_length": self.cfg.win_length or self.cfg.n_fft,
+            "window": make_window(self.cfg, device, dtype),
+            "center": self.cfg.center,
+        }
+
     def stft(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., L)`` real -> ``(..., F, T)`` complex, ``T = L // hop + 1`` when centred."""
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
-        window = make_window(self.cfg, flat.device, flat.dtype)
-        spec = torch.stft(
-            flat,
-            n_fft=self.cfg.n_fft,
-            hop_length=self.cfg.hop_length,
-            win_length=self.cfg.win_length or self.cfg.n_fft,
-            window=window,
-            center=self.cfg.center,
-            return_complex=True,
-        )
+        spec = torch.stft(flat, **self._framing(flat.device, flat.dtype), return_complex=True)
         return spec.reshape(*lead, *spec.shape[-2:])
 
     def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         """``(..., F, T)`` complex -> ``(..., length)`` real (window-sum normalised overlap-add)."""
         lead = spec.shape[:-2]
         flat = spec.reshape(-1, *spec.shape[-2:])
-        window = make_window(self.cfg, flat.device, flat.real.dtype)
-        x = torch.istft(
-            flat,
-            n_fft=self.cfg.n_fft,
-            hop_length=self.cfg.hop_length,
-            win_length=self.cfg.win_length or self.cfg.n_fft,
-            window=window,
-            center=self.cfg.center,
-            length=length,
-        )
+        x = torch.istft(flat, **self._framing(flat.device, flat.real.dtype), length=length)
         return x.reshape(*lead, length)
 
     def num_frames(self, length: int) -> int:

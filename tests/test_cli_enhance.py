@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from cli_runner import run_cli
 from tiny_models import QUIET_SDE, save_tiny_model
 
-from dnsep_cli.cli import main
 from dnsep_cli.config import BackboneConfig
 
 GATE = BackboneConfig("test_gate", {"num_freqs": 128, "gain": 0.8, "knee": 0.05})
@@ -31,25 +31,13 @@ def _signal(seconds: float, rate: int = 16_000, channels: int = 1) -> np.ndarray
     return (x + 0.03 * np.random.default_rng(0).standard_normal(x.shape)).astype(np.float32)
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Run the CLI in this process (the test backbones are registered here); return (code, stdout, stderr)."""
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
-
-
 def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("dnsep: error:")]
 
 
 def test_one_file_keeps_rate_channels_and_subtype(model_dir: Path, tmp_path: Path, capsys) -> None:
     sf.write(tmp_path / "in.wav", _signal(1.0, channels=2), 16_000, subtype="PCM_24")
-    code, out, err = run(["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", model_dir], capsys)
+    code, out, err = run_cli(["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", model_dir], capsys)
     assert code == 0, err
     info = sf.info(str(tmp_path / "out.wav"))
     assert (info.samplerate, info.channels, info.frames, info.subtype) == (16_000, 2, 16_000, "PCM_24")
@@ -64,29 +52,29 @@ def test_folders_recurse_keep_their_tree_and_rerun_resumes(model_dir: Path, tmp_
     sf.write(src / "a" / "b" / "three.ogg", _signal(0.5), 16_000)
     (src / "a" / "notes.txt").write_text("not audio")
     out_dir = src / "enhanced"  # inside the input folder: must not be picked up as input on a re-run
-    code, out, err = run(["enhance", src, out_dir, "-m", model_dir], capsys)
+    code, out, err = run_cli(["enhance", src, out_dir, "-m", model_dir], capsys)
     assert code == 0, err
     made = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
     assert made == ["a/b/three.ogg", "a/two.flac", "one.wav"]
     assert sf.info(str(out_dir / "a" / "two.flac")).format == "FLAC"
     assert "3 enhanced, 0 skipped, 0 failed" in out
-    code, out, _ = run(["enhance", src, out_dir, "-m", model_dir], capsys)
+    code, out, _ = run_cli(["enhance", src, out_dir, "-m", model_dir], capsys)
     assert code == 0 and "0 enhanced, 3 skipped, 0 failed" in out
-    code, out, _ = run(["enhance", src, "-o", out_dir, "-m", model_dir, "--overwrite", "--ext", "flac"], capsys)
+    code, out, _ = run_cli(["enhance", src, "-o", out_dir, "-m", model_dir, "--overwrite", "--ext", "flac"], capsys)
     assert code == 0 and out.count(" -> ") == 1 and "two.flac" in out
 
 
 def test_several_files_into_a_folder_with_format_change(model_dir: Path, tmp_path: Path, capsys) -> None:
     for name in ("x.wav", "y.wav"):
         sf.write(tmp_path / name, _signal(0.3), 16_000)
-    code, _, err = run(
+    code, _, err = run_cli(
         ["enhance", tmp_path / "x.wav", tmp_path / "y.wav", tmp_path / "o", "-m", model_dir, "--format", "flac"],
         capsys,
     )
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x.flac", "y.flac"]
     assert sf.info(str(tmp_path / "o" / "x.flac")).format == "FLAC"
-    code, _, err = run(
+    code, _, err = run_cli(
         ["enhance", tmp_path / "x.wav", tmp_path / "f.wav", "-m", model_dir, "--subtype", "FLOAT"], capsys
     )
     assert code == 0 and sf.info(str(tmp_path / "f.wav")).subtype == "FLOAT"
@@ -103,7 +91,7 @@ def test_one_bad_file_does_not_stop_the_batch(model_dir: Path, tmp_path: Path, c
     nan = _signal(0.4)
     nan[100] = np.nan
     sf.write(src / "nan.wav", nan, 16_000, subtype="FLOAT")
-    code, out, err = run(["enhance", src, tmp_path / "out", "-m", model_dir, "--json"], capsys)
+    code, out, err = run_cli(["enhance", src, tmp_path / "out", "-m", model_dir, "--json"], capsys)
     assert code == 1
     report = json.loads(out)
     status = {Path(f["input"]).name: f["status"] for f in report["files"]}
@@ -126,11 +114,11 @@ def test_one_bad_file_does_not_stop_the_batch(model_dir: Path, tmp_path: Path, c
 
 
 def test_missing_path_and_folder_without_audio(model_dir: Path, tmp_path: Path, capsys) -> None:
-    code, _, err = run(["enhance", tmp_path / "nope.wav", tmp_path / "out.wav", "-m", model_dir], capsys)
+    code, _, err = run_cli(["enhance", tmp_path / "nope.wav", tmp_path / "out.wav", "-m", model_dir], capsys)
     assert code == 1 and _error_lines(err) == [f"dnsep: error: {tmp_path / 'nope.wav'}: no such file or folder"]
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "readme.txt").write_text("hello")
-    code, _, err = run(["enhance", tmp_path / "docs", tmp_path / "out", "-m", model_dir], capsys)
+    code, _, err = run_cli(["enhance", tmp_path / "docs", tmp_path / "out", "-m", model_dir], capsys)
     assert code == 1 and len(_error_lines(err)) == 1 and "no audio files here" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -141,7 +129,7 @@ def test_unusual_inputs_that_must_work(model_dir: Path, tmp_path: Path, capsys) 
     sf.write(tmp_path / "clipped.wav", np.clip(_signal(0.5) * 10, -1, 1), 16_000)
     sf.write(tmp_path / "r11025.wav", _signal(0.5, 11_025), 11_025)
     sf.write(tmp_path / "r44100.flac", _signal(0.5, 44_100, 2), 44_100, subtype="PCM_24")
-    code, out, err = run(["enhance", tmp_path, tmp_path / "out", "-m", model_dir, "--json"], capsys)
+    code, out, err = run_cli(["enhance", tmp_path, tmp_path / "out", "-m", model_dir, "--json"], capsys)
     assert code == 0, err
     files = {Path(f["input"]).name: f for f in json.loads(out)["files"]}
     assert all(f["status"] == "ok" for f in files.values())
@@ -176,26 +164,27 @@ def test_usage_errors_exit_2(model_dir: Path, tmp_path: Path, capsys) -> None:
         (["--t-start", "-0.5"], "--t-start must be >= 0"),
         (["--t-start", "3"], "t_start must be in"),
     ]:
-        code, _, err = run(base + extra, capsys)
+        code, _, err = run_cli(base + extra, capsys)
         assert code == 2, (extra, err)
         assert _error_lines(err) and message in err, (extra, err)
     assert not (tmp_path / "out.wav").exists()
-    code, _, err = run(["enhance", tmp_path / "in.wav", "-m", model_dir], capsys)
+    code, _, err = run_cli(["enhance", tmp_path / "in.wav", "-m", model_dir], capsys)
     assert code == 2 and "give an output" in err
     before = (tmp_path / "in.wav").read_bytes()
-    code, _, err = run(["enhance", tmp_path / "in.wav", tmp_path / "in.wav", "-m", model_dir, "--overwrite"], capsys)
+    same = tmp_path / "in.wav"
+    code, _, err = run_cli(["enhance", same, same, "-m", model_dir, "--overwrite"], capsys)
     assert code == 2 and "refusing to overwrite the input" in err
-    code, _, err = run(["enhance", tmp_path, tmp_path, "-m", model_dir, "--overwrite"], capsys)
+    code, _, err = run_cli(["enhance", tmp_path, tmp_path, "-m", model_dir, "--overwrite"], capsys)
     assert code == 2 and "output folder is the input folder" in err
     assert (tmp_path / "in.wav").read_bytes() == before
 
 
 def test_unknown_model_and_unwritable_output(model_dir: Path, tmp_path: Path, capsys) -> None:
     sf.write(tmp_path / "in.wav", _signal(0.3), 16_000)
-    code, _, err = run(["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", "no-such-model"], capsys)
+    code, _, err = run_cli(["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", "no-such-model"], capsys)
     assert code == 1 and len(_error_lines(err)) == 1 and "unknown model 'no-such-model'" in err
     (tmp_path / "blocker").write_text("a file where a folder should be")
-    code, _, err = run(["enhance", tmp_path / "in.wav", tmp_path / "blocker" / "out.wav", "-m", model_dir], capsys)
+    code, _, err = run_cli(["enhance", tmp_path / "in.wav", tmp_path / "blocker" / "out.wav", "-m", model_dir], capsys)
     assert code == 1 and len(_error_lines(err)) == 1 and "cannot create output folder" in err
 
 
@@ -203,18 +192,18 @@ def test_seed_quiet_atten_lim_and_no_postfilter(model_dir: Path, tiny_noisy: Pat
     sf.write(tmp_path / "in.wav", _signal(0.5), 16_000, subtype="FLOAT")
     outs = []
     for name, seed in (("a.wav", "7"), ("b.wav", "7"), ("c.wav", "8")):
-        code, out, err = run(
+        code, out, err = run_cli(
             ["enhance", tmp_path / "in.wav", tmp_path / name, "-m", tiny_noisy, "--seed", seed, "-q"], capsys
         )
         assert code == 0 and out == "" and err == ""
         outs.append(sf.read(tmp_path / name)[0])
     assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
-    code, _, _ = run(
+    code, _, _ = run_cli(
         ["enhance", tmp_path / "in.wav", tmp_path / "lim.wav", "-m", model_dir, "--atten-lim-db", "0", "-q"], capsys
     )
     assert code == 0
     np.testing.assert_allclose(sf.read(tmp_path / "lim.wav")[0], sf.read(tmp_path / "in.wav")[0], atol=1e-6)
-    code, out, _ = run(
+    code, out, _ = run_cli(
         ["enhance", tmp_path / "in.wav", tmp_path / "npf.wav", "-m", model_dir, "--no-postfilter", "--json"], capsys
     )
     assert code == 0 and json.loads(out)["settings"]["postfilter"] is False
@@ -240,7 +229,7 @@ def test_interrupted_run_exits_130_and_leaves_nothing(model_dir: Path, tmp_path:
 
     monkeypatch.setattr(Enhancer, "_enhance_chunks", interrupted)
     (tmp_path / "out").mkdir()
-    code, _, _ = run(["enhance", tmp_path / "in.wav", tmp_path / "out" / "o.wav", "-m", model_dir], capsys)
+    code, _, _ = run_cli(["enhance", tmp_path / "in.wav", tmp_path / "out" / "o.wav", "-m", model_dir], capsys)
     assert code == 130 and calls["n"] == 3
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -277,9 +266,9 @@ def test_quality_preset_and_t_start(model_dir: Path, tmp_path: Path, capsys) -> 
 
     sf.write(tmp_path / "in.wav", _signal(0.3), 16_000)
     base = ["enhance", tmp_path / "in.wav", "-m", model_dir, "--json", "--overwrite"]
-    code, out, _ = run([*base, tmp_path / "q.wav", "--quality"], capsys)
+    code, out, _ = run_cli([*base, tmp_path / "q.wav", "--quality"], capsys)
     sampler = json.loads(out)["settings"]["sampler"]
     assert code == 0 and all(sampler[k] == v for k, v in QUALITY_PRESET.items())
-    code, out, _ = run([*base, tmp_path / "q2.wav", "--quality", "--steps", "2", "--t-start", "0"], capsys)
+    code, out, _ = run_cli([*base, tmp_path / "q2.wav", "--quality", "--steps", "2", "--t-start", "0"], capsys)
     sampler = json.loads(out)["settings"]["sampler"]
     assert code == 0 and sampler["steps"] == 2 and sampler["t_start"] is None

@@ -8,24 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 from tiny_models import save_tiny_model
 
 import dnsep_cli.hub as hub
-from dnsep_cli.cli import main
 from dnsep_cli.config import PostFilterConfig, SamplerConfig
 from dnsep_cli.hub import DEFAULT_MODEL, list_shipped_models, resolve_model
 from dnsep_cli.model import ScoreModel
-
-
-def run(argv: list, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +27,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_json_describes_the_model(model_dir: Path, capsys) -> None:
-    code, out, err = run(["inspect", model_dir, "--json"], capsys)
+    code, out, err = run_cli(["inspect", model_dir, "--json"], capsys)
     assert code == 0, err
     info = json.loads(out)
     model = ScoreModel.from_pretrained(model_dir)
@@ -61,7 +50,7 @@ def test_json_describes_the_model(model_dir: Path, capsys) -> None:
 
 
 def test_tables_show_the_same_facts(model_dir: Path, capsys) -> None:
-    code, out, _ = run(["inspect", model_dir], capsys)
+    code, out, _ = run_cli(["inspect", model_dir], capsys)
     assert code == 0
     for text in ("tiny-test", "16000 Hz", "254 / 64", "GainBackbone", "ouve", "0.38898", "score evaluations", "21"):
         assert text in out, text
@@ -72,9 +61,9 @@ def test_tables_show_the_same_facts(model_dir: Path, capsys) -> None:
 
 def test_model_without_card_or_postfilter(tmp_path: Path, capsys) -> None:
     folder = save_tiny_model(tmp_path / "plain", card=None)
-    code, out, _ = run(["inspect", folder], capsys)
+    code, out, _ = run_cli(["inspect", folder], capsys)
     assert code == 0 and "(not in the model card)" in out
-    info = json.loads(run(["inspect", folder, "--json"], capsys)[1])
+    info = json.loads(run_cli(["inspect", folder, "--json"], capsys)[1])
     assert info["postfilter"] is None and info["card"] == {"training_data": None, "measured_quality": None}
 
 
@@ -107,7 +96,7 @@ def test_sgmse_checkpoint_is_inspected_after_conversion(tmp_path: Path, capsys) 
     path = tmp_path / "sgmse.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": hparams}, path)
     with pytest.warns(UserWarning, match="no EMA weights"):
-        code, out, err = run(["inspect", path, "--json"], capsys)
+        code, out, err = run_cli(["inspect", path, "--json"], capsys)
     assert code == 0, err
     info = json.loads(out)
     assert info["source"]["kind"] == "sgmse-checkpoint"
@@ -117,7 +106,7 @@ def test_sgmse_checkpoint_is_inspected_after_conversion(tmp_path: Path, capsys) 
 
 
 def test_unknown_model_is_one_line(capsys) -> None:
-    code, out, err = run(["inspect", "no-such-model"], capsys)
+    code, out, err = run_cli(["inspect", "no-such-model"], capsys)
     assert code == 1 and out == ""
     assert err.strip().startswith("dnsep: error: unknown model 'no-such-model'") and err.count("\n") == 1
 
@@ -133,23 +122,23 @@ def test_models_lists_the_shipped_models(model_dir: Path, tmp_path: Path, capsys
     assert list_shipped_models() == [DEFAULT_MODEL, "dnsep-small"]
     assert resolve_model(None).folder == shipped / DEFAULT_MODEL
     assert resolve_model("dnsep-small").kind == "shipped"
-    code, out, _ = run(["models", "--json"], capsys)
+    code, out, _ = run_cli(["models", "--json"], capsys)
     rows = json.loads(out)
     assert code == 0 and [r["name"] for r in rows] == [DEFAULT_MODEL, "dnsep-small"]
     assert rows[0]["default"] and not rows[1]["default"]
     assert rows[1]["summary"] == "A smaller one." and rows[1]["sample_rate"] == 16_000
     monkeypatch.setenv("COLUMNS", "200")  # one table row per line
-    code, out, _ = run(["models"], capsys)
+    code, out, _ = run_cli(["models"], capsys)
     assert code == 0 and "dnsep-base (default)" in out and "A smaller one." in out
-    code, out, _ = run(["inspect", "--json"], capsys)  # no MODEL: the default
+    code, out, _ = run_cli(["inspect", "--json"], capsys)  # no MODEL: the default
     assert code == 0 and json.loads(out)["source"]["kind"] == "shipped"
 
 
 def test_no_shipped_models(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(hub, "_shipped_root", lambda: tmp_path)
-    code, out, _ = run(["models", "--json"], capsys)
+    code, out, _ = run_cli(["models", "--json"], capsys)
     assert code == 0 and json.loads(out) == []
-    code, out, _ = run(["models"], capsys)
+    code, out, _ = run_cli(["models"], capsys)
     assert code == 0 and "no models are shipped" in out
-    code, _, err = run(["inspect"], capsys)
+    code, _, err = run_cli(["inspect"], capsys)
     assert code == 1 and "default model 'dnsep-base' is not installed" in err

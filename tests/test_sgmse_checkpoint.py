@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 
 from dnsep_cli.backbones import build_backbone
 from dnsep_cli.errors import DnsepError
@@ -343,16 +344,6 @@ def test_unsupported_and_broken_files(tmp_path: Path, class_refs) -> None:
 
 
 # -- dnsep convert ---------------------------------------------------------------------------------------------
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from dnsep_cli.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    code = exit_info.value.code
-    out, err = capsys.readouterr()
-    return (0 if code is None else int(code)), out, err
 
 
 def test_convert_writes_a_model_folder_that_loads_without_pickle(tmp_path: Path, class_refs, capsys) -> None:
