@@ -39,29 +39,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-SAMPLE_RATE = 16000
-# The reference training script's hyper-parameters for the journal SGMSE+ model (backbone ncsnpp defaults).
-HPARAMS = {
-    "backbone": "ncsnpp",
-    "sde": "ouve",
-    "theta": 1.5,
-    "sigma_min": 0.05,
-    "sigma_max": 0.5,
-    "N": 30,
-    "ch_mult": [1, 1, 2, 2, 2, 2, 2],
-    "num_res_blocks": 2,
-    "attn_resolutions": [16],
-    "centered": True,
-    "n_fft": 510,
-    "hop_length": 128,
-    "window": "hann",
-    "spec_factor": 0.15,
-    "spec_abs_exponent": 0.5,
-    "transform_type": "exponent",
-    "loss_type": "score_matching",
-    "base_dir": "/data",
-    "sr": SAMPLE_RATE,
-}
+import sgmse_reference  # noqa: E402  (tests/ is on the path from here on)
+
+HPARAMS = sgmse_reference.PUBLISHED_HPARAMS
+SAMPLE_RATE = HPARAMS["sr"]
 
 
 def noisy_signal(seconds: float, seed: int = 0) -> np.ndarray:
@@ -95,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a 4-channel network: checks the script, times nothing")
     args = parser.parse_args(argv)
 
-    import sgmse_reference
     import torch
 
     from dnsep_cli.enhance import Enhancer

@@ -195,6 +195,11 @@ def _scan(source: _ArraySource | _FileSource, block_frames: int) -> float:
     return peak
 
 
+def _round_up(frames: int, multiple: int) -> int:
+    """The frame count the backbone needs: ``frames`` rounded up to a multiple of ``multiple``."""
+    return math.ceil(frames / multiple) * multiple
+
+
 def _pad_frames(spec: torch.Tensor, frames: int, mode: str) -> torch.Tensor:
     """Pad ``(..., F, T)`` to ``frames`` on the right: zeros (``constant``) or mirrored frames (``reflect``,
     repeated when the pad is longer than the signal; a single frame is repeated)."""
@@ -582,7 +587,7 @@ class Enhancer:
                 specs.append(model.spectrogram(wav))
                 lengths.append(length)
             frames = [s.shape[-1] for s in specs]
-            target = math.ceil(max(frames) / cfg.frame_multiple) * cfg.frame_multiple
+            target = _round_up(max(frames), cfg.frame_multiple)
             y = torch.stack([_pad_frames(s, target, cfg.pad_mode) for s in specs])  # (B, C, F, T)
             b, c = y.shape[:2]
             if not model.mixes_channels:
@@ -609,9 +614,8 @@ class Enhancer:
             x_hat = x_hat.reshape(b, c, *x_hat.shape[2:])
             outputs = []
             for i, chunk in enumerate(batch):
-                keep = frames[i]
-                if cfg.invert_padding:  # this chunk's own padding, not the batch's
-                    keep = math.ceil(frames[i] / cfg.frame_multiple) * cfg.frame_multiple
+                # with invert_padding: this chunk's own padding, not the batch's
+                keep = _round_up(frames[i], cfg.frame_multiple) if cfg.invert_padding else frames[i]
                 wav = model.waveform(x_hat[i, :, :, :keep], lengths[i])[:, : chunk.length]
                 out = wav.float().cpu().numpy()
                 if not np.isfinite(out).all():

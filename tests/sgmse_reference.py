@@ -29,6 +29,31 @@ from unittest import mock
 import numpy as np
 import torch
 
+# The reference training script's hyper-parameters for the journal SGMSE+ model (ncsnpp defaults, 16 kHz).
+PUBLISHED_HPARAMS: dict[str, Any] = {
+    "backbone": "ncsnpp",
+    "sde": "ouve",
+    "theta": 1.5,
+    "sigma_min": 0.05,
+    "sigma_max": 0.5,
+    "N": 30,
+    "ch_mult": [1, 1, 2, 2, 2, 2, 2],
+    "num_res_blocks": 2,
+    "attn_resolutions": [16],
+    "centered": True,
+    "n_fft": 510,
+    "hop_length": 128,
+    "window": "hann",
+    "spec_factor": 0.15,
+    "spec_abs_exponent": 0.5,
+    "transform_type": "exponent",
+    "loss_type": "score_matching",
+    "base_dir": "/data",
+    "sr": 16000,
+}
+# enhancement.py's sampler defaults, as (sampler, predictor, corrector, steps, corrector_steps, snr, t_eps)
+PUBLISHED_SAMPLER = ("pc", "reverse_diffusion", "ald", 30, 1, 0.5, 0.03)
+
 
 def available() -> bool:
     """Whether the reference package (without its heavy training dependencies) can run here."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_runner import run_cli
+from sgmse_reference import PUBLISHED_HPARAMS
 from tiny_models import save_tiny_model
 
 import dnsep_cli.hub as hub
@@ -72,23 +73,12 @@ def test_sgmse_checkpoint_is_inspected_after_conversion(tmp_path: Path, capsys) 
     from dnsep_cli.sgmse_checkpoint import config_from_hparams
 
     hparams = {
-        "backbone": "ncsnpp",
-        "sde": "ouve",
-        "theta": 1.5,
-        "sigma_min": 0.05,
-        "sigma_max": 0.5,
-        "N": 30,
+        **PUBLISHED_HPARAMS,
         "t_eps": 0.03,
         "nf": 8,
         "ch_mult": [1, 1],
         "num_res_blocks": 1,
         "attn_resolutions": [],
-        "n_fft": 510,
-        "hop_length": 128,
-        "window": "hann",
-        "spec_factor": 0.15,
-        "spec_abs_exponent": 0.5,
-        "transform_type": "exponent",
     }
     torch.manual_seed(0)
     dnn = build_backbone("ncsnpp", config_from_hparams(hparams).backbone.params)

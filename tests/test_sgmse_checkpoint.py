@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_runner import run_cli
+from sgmse_reference import PUBLISHED_SAMPLER
 
 from dnsep_cli.backbones import build_backbone
 from dnsep_cli.errors import DnsepError
@@ -172,15 +173,7 @@ def test_reference_structured_checkpoint_loads_with_ema_weights(tmp_path: Path, 
     assert (config.output, config.score_sign, config.frame_multiple, config.pad_mode) == ("score", -1.0, 64, "constant")
     assert config.normalize == "peak"
     s = config.sampler
-    assert (s.sampler, s.predictor, s.corrector, s.steps, s.corrector_steps, s.snr, s.t_eps) == (
-        "pc",
-        "reverse_diffusion",
-        "ald",
-        30,
-        1,
-        0.5,
-        0.03,
-    )
+    assert (s.sampler, s.predictor, s.corrector, s.steps, s.corrector_steps, s.snr, s.t_eps) == PUBLISHED_SAMPLER
 
     # the EMA weights, in parameter order
     names = [n for n, _ in dnn.named_parameters()]

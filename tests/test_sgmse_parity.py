@@ -31,6 +31,7 @@ import types
 import numpy as np
 import pytest
 import sgmse_reference
+from sgmse_reference import PUBLISHED_SAMPLER
 
 pytestmark = pytest.mark.skipif(not sgmse_reference.available(), reason="needs the sgmse package (--no-deps)")
 
@@ -109,15 +110,7 @@ def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def test_settings_are_the_published_ones(runs: types.SimpleNamespace) -> None:
     s = runs.enhancer.settings.sampler
-    assert (s.sampler, s.predictor, s.corrector, s.steps, s.corrector_steps, s.snr, s.t_eps) == (
-        "pc",
-        "reverse_diffusion",
-        "ald",
-        30,
-        1,
-        0.5,
-        0.03,
-    )
+    assert (s.sampler, s.predictor, s.corrector, s.steps, s.corrector_steps, s.snr, s.t_eps) == PUBLISHED_SAMPLER
     assert runs.enhancer.model.config.pad_mode == ("reflect" if runs.name == "ncsnpp_48k" else "constant")
 
 
