@@ -133,8 +133,17 @@ def active_power(x: np.ndarray, sample_rate: int, threshold_db: float = ACTIVE_T
     if n == 0:
         return float(np.mean(np.square(x, dtype=np.float64)))
     power = np.mean(x[: n * frame].astype(np.float64).reshape(n, frame) ** 2, axis=-1)
-    active = power >= power.max() * 10.0 ** (threshold_db / 10.0)
-    return float(power[active].mean()) if power.max() > 0 else 0.0
+    active = active_frames(power, threshold_db)
+    return float(power[active].mean()) if active.any() else 0.0
+
+
+def active_frames(power: np.ndarray, threshold_db: float = ACTIVE_THRESHOLD_DB) -> np.ndarray:
+    """Boolean mask of the frames whose power ``(frames,)`` is within ``threshold_db`` of the loudest frame;
+    none for digital silence (there is nothing active to find)."""
+    loudest = power.max(initial=0.0)
+    if loudest <= 0:
+        return np.zeros(power.shape, dtype=bool)
+    return power >= loudest * 10.0 ** (threshold_db / 10.0)
 
 
 def rms_db(x: np.ndarray) -> float:

@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from dnsep_cli.data import ACTIVE_THRESHOLD_DB, FRAME_SECONDS
+from dnsep_cli.data import ACTIVE_THRESHOLD_DB, FRAME_SECONDS, active_frames
 
 CONTEXT_FRAMES = 1  # +-20 ms: covers the spread of a 32 ms analysis window
 
@@ -102,11 +102,7 @@ def speech_activity(
     All ``False`` for a digitally silent reference (there is no speech to find).
     """
     energy, counts = _frames(clean, sample_rate, frame_seconds)
-    power = energy / np.maximum(counts, 1.0)
-    loudest = power.max(initial=0.0)
-    if loudest <= 0:
-        return np.zeros(power.shape, dtype=bool)
-    return power >= loudest * 10.0 ** (threshold_db / 10.0)
+    return active_frames(energy / np.maximum(counts, 1.0), threshold_db)
 
 
 def _peak(x: np.ndarray) -> tuple[float, float]:
