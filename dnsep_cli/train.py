@@ -148,6 +148,24 @@ def training_loss(
     return loss, postfilter_weight * pf_loss
 
 
+def load_init_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy a trained model's weights into ``model``, which may have grown new modules; returns the new keys.
+
+    Every tensor of ``state`` must exist in ``model`` with the same shape (a changed layer cannot be carried
+    over); keys only ``model`` has keep their initialisation. The backbones start their optional modules as
+    the identity (zero output projections), so the grown network computes what the trained one did.
+    """
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise ValueError(f"the initial weights have tensors this model lacks: {', '.join(unknown[:3])}")
+    for key, value in state.items():
+        if value.shape != own[key].shape:
+            raise ValueError(f"{key}: initial weights {tuple(value.shape)}, model {tuple(own[key].shape)}")
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    return sorted(missing)
+
+
 class EMA:
     """Exponential moving average of the parameters and buffers: ``theta_ema <- d theta_ema + (1 - d) theta``."""
 

@@ -165,3 +165,41 @@ def test_cli_rejects_bad_data_options(tmp_path, args, capsys):
     assert run_cli(["train", str(tmp_path / "run"), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_fine_tunes_a_model_grown_by_a_gru(tmp_path, capsys):
+    """``--init FOLDER --backbone temporal_hidden=H``: the trained tensors carry over, the GRU is added."""
+    _write_folder(tmp_path / "speech", 2, "speech")
+    _write_folder(tmp_path / "noise", 1, "noise")
+    torch.manual_seed(0)
+    base = ScoreModel(tiny_model_config())
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    base.save_pretrained(tmp_path / "base")
+    data = ["--speech", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise"), "--segment-seconds", "0.5"]
+    args = ["train", str(tmp_path / "run"), *data, "--batch-size", "2", "--max-steps", "1", "--lr", "0"]
+    assert run_cli([*args, "--init", str(tmp_path / "base"), "--backbone", "temporal_hidden=4"]) == 0
+    assert "grown from" in capsys.readouterr().out
+    tuned = ScoreModel.from_pretrained(tmp_path / "run" / "last")
+    assert tuned.config.backbone.params["temporal_hidden"] == 4
+    # lr 0: one step changes nothing, so every carried tensor is the base model's own
+    tuned_state, base_state = tuned.state_dict(), base.state_dict()
+    assert set(base_state) < set(tuned_state)
+    assert all(torch.equal(tuned_state[k], v) for k, v in base_state.items())
+
+
+@pytest.mark.parametrize(
+    "extra,message,code",
+    [
+        (["--backbone", "temporal_hidden"], "KEY=VALUE", 2),
+        (["--backbone", "temporal_hidden=lots"], "not a JSON value", 2),
+        (["--backbone", "no_such_param=1"], "does not accept", 2),
+        (["--init", "no-such-model"], "unknown model 'no-such-model'", 1),
+    ],
+)
+def test_cli_rejects_bad_model_options(tmp_path, extra, message, code, capsys):
+    args = ["train", str(tmp_path / "run"), "--pairs", str(tmp_path), *extra]
+    assert run_cli(args) == code
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -24,6 +24,12 @@ def train(
     subset: Path | None = typer.Option(None, help="File list (one relative path per line) to restrict training to."),
     output: str = typer.Option("data", help="What the network predicts: data | score | v."),
     init: str | None = typer.Option(None, help="Start from this model's weights (fine-tune); name or folder."),
+    backbone: list[str] = typer.Option(
+        [],
+        "--backbone",
+        help="Backbone parameter KEY=VALUE (JSON value; repeatable) over the base or --init model's, e.g. "
+        "temporal_hidden=96 to grow a trained osa_unet by a band-wise GRU.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT_DIR/state.pt."),
     max_steps: int = typer.Option(100_000, min=1, help="Stop after this many optimiser steps in total."),
     time_limit: float | None = typer.Option(None, min=1, help="Stop this invocation after so many seconds."),
@@ -70,10 +76,15 @@ def train(
     if init is not None:
         from dnsep_cli.hub import resolve_model
 
-        init_folder = resolve_model(init)
+        init_source = resolve_model(init)
+        if init_source.folder is None:
+            raise UsageError(f"--init {init}: fine-tuning starts from a dnsep model folder, not an SGMSE+ checkpoint")
+        init_folder = init_source.folder
         from dnsep_cli.config import ModelConfig
 
         model_config = ModelConfig.load(init_folder)
+    if backbone:
+        model_config = _with_backbone_params(model_config, backbone)
     sr = model_config.sample_rate
     mix = data.MixConfig(
         segment_seconds=segment_seconds,
@@ -127,9 +138,17 @@ def train(
     if resume:
         trainer.load_state()
     elif init is not None:
-        from dnsep_cli.model import ScoreModel
+        from safetensors.torch import load_file
 
-        trainer.model.load_state_dict(ScoreModel.from_pretrained(init_folder).state_dict())
+        from dnsep_cli.config import WEIGHTS_FILE
+        from dnsep_cli.train import load_init_weights
+
+        try:
+            new_keys = load_init_weights(trainer.model, load_file(str(init_folder / WEIGHTS_FILE)))
+        except ValueError as exc:
+            raise UsageError(f"--init {init}: {exc}") from None
+        if new_keys and not quiet:
+            typer.echo(f"grown from {init}: {len(new_keys)} new tensors start at their initialisation")
         trainer.ema.shadow = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     (out_dir / "train_config.json").write_text(json.dumps({"train": cfg.__dict__, "mix": mix.__dict__}, indent=2))
 
@@ -143,6 +162,29 @@ def train(
     if not quiet:
         best = f"best at step {state.best_step}" if state.best_step >= 0 else "no validation"
         typer.echo(f"stopped at step {state.step} ({best}); models in {out_dir}/best and {out_dir}/last")
+
+
+def _with_backbone_params(config: object, pairs: list[str]) -> object:
+    """``config`` with its backbone parameters updated from ``KEY=VALUE`` strings (values parsed as JSON)."""
+    from dataclasses import replace
+
+    params = dict(config.backbone.params)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--backbone expects KEY=VALUE, got {pair!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise UsageError(f"--backbone {key}: {raw!r} is not a JSON value (numbers, true/false, [..])") from None
+    grown = replace(config, backbone=replace(config.backbone, params=params))
+    from dnsep_cli.backbones import build_backbone
+
+    try:
+        build_backbone(grown.backbone.name, dict(params))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--backbone: {grown.backbone.name} does not accept these parameters ({exc})") from None
+    return grown
 
 
 def _data_note(root: Path | None, n_speech: int, n_noise: int, mix: object) -> str:
