@@ -187,3 +187,59 @@ def test_ode_sampler_honours_denoise_and_reports_its_nfe(denoise):
         _, nfe = enhance_spectrogram(model, y, sampler)
     assert nfe == count_nfe("ode", 2, "reverse_diffusion", "ald", 1, method="heun", denoise=denoise)
     assert nfe == 2 * 2 + int(denoise)
+
+
+def test_band_gru_sees_the_whole_time_axis_and_starts_as_the_identity():
+    """The bottleneck GRU: context over every frame (both directions) and, untrained, no change at all."""
+    from dnsep_cli.backbones.osa_unet import BandGRU
+
+    torch.manual_seed(7)
+    gru = BandGRU(channels=6, hidden=5)
+    h = torch.randn(2, 6, 3, 20)
+    assert torch.equal(gru(h), h)
+    with torch.no_grad():
+        gru.proj.weight.normal_()
+        h2 = h.clone()
+        h2[..., 0] += 1.0  # first frame: reaches the last one through the forward direction
+        h3 = h.clone()
+        h3[..., -1] += 1.0  # last frame: reaches the first one through the backward direction
+        assert not torch.allclose(gru(h2)[..., -1], gru(h)[..., -1])
+        assert not torch.allclose(gru(h3)[..., 0], gru(h)[..., 0])
+        # bands are separate sequences: changing band 0 leaves band 1 alone
+        h4 = h.clone()
+        h4[:, :, 0] += 1.0
+        assert torch.allclose(gru(h4)[:, :, 1], gru(h)[:, :, 1])
+
+
+def test_growing_a_trained_backbone_by_the_gru_keeps_its_output():
+    """``temporal_hidden`` added to a trained osa_unet: same function until the new GRU is trained."""
+    from dnsep_cli.train import load_init_weights
+
+    torch.manual_seed(8)
+    params = {"channels": [8, 12], "dilations": [1, 2], "patch": 4}
+    trained = build_backbone("osa_unet", params).eval()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    grown = build_backbone("osa_unet", {**params, "temporal_hidden": 6}).eval()
+    new_keys = load_init_weights(grown, trained.state_dict())
+    assert new_keys and all(k.startswith("temporal.") for k in new_keys)
+    x = torch.randn(2, 1, 64, 15, dtype=torch.complex64)
+    y, t = torch.randn_like(x), torch.rand(2)
+    with torch.no_grad():
+        assert torch.allclose(grown(x, y, t), trained(x, y, t), atol=1e-6)
+    # and the new GRU does learn: its projection gets a gradient at the first step
+    grown(x, y, t).abs().mean().backward()
+    assert grown.temporal.proj.weight.grad.abs().sum() > 0
+
+
+def test_initial_weights_must_fit_the_model():
+    from dnsep_cli.train import load_init_weights
+
+    small = build_backbone("osa_unet", {"channels": [8, 12], "dilations": [1, 2], "patch": 4})
+    wide = build_backbone("osa_unet", {"channels": [8, 16], "dilations": [1, 2], "patch": 4})
+    grown = build_backbone("osa_unet", {"channels": [8, 12], "dilations": [1, 2], "patch": 4, "temporal_hidden": 4})
+    with pytest.raises(ValueError, match="initial weights"):
+        load_init_weights(wide, small.state_dict())  # same keys, other shapes
+    with pytest.raises(ValueError, match="lacks"):
+        load_init_weights(small, grown.state_dict())  # a shrunk model cannot take the GRU's weights

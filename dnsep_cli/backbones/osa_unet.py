@@ -8,6 +8,11 @@ Designed for the compute that users have (a laptop CPU) rather than for a GPU cl
   for a long temporal context at little cost;
 - at the bottleneck, Transform-Average-Concatenate (``dnsep_cli.tac``) exchanges information between the
   audio channels of a multichannel recording (a no-op pattern for mono: the average is the channel itself);
+- optionally (``temporal_hidden > 0``) a bidirectional GRU along time in every bottleneck band, shared by the
+  bands (as the band-wise RNNs of BSRNN, Luo & Yu 2023): context over the whole chunk for telling stationary
+  noise from speech, where the convolutions see about a second. Its output projection starts at zero, so
+  adding it to a trained network changes nothing until it is trained (``dnsep train --init M --backbone
+  temporal_hidden=64``);
 - the noise level enters through Gaussian Fourier features of ``log t`` (as NCSN++/SGMSE+), mapped to a
   per-level FiLM scale and shift;
 - the head works again at full resolution and outputs two complex masks, so that the clean estimate is
@@ -57,12 +62,34 @@ class FiLM(nn.Module):
         return h * (1 + scale) + shift
 
 
+class BandGRU(nn.Module):
+    """``h <- h + W [GRU_fwd(h_f); GRU_bwd(h_f)]`` along time in every band ``f``: ``(N, C, F, T) -> (N, C, F, T)``.
+
+    One bidirectional GRU (Cho et al. 2014) shared by all bands; ``W`` is zero-initialised (identity at start).
+    """
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.gru = nn.GRU(channels, hidden, batch_first=True, bidirectional=True)
+        self.proj = nn.Linear(2 * hidden, channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n, c, n_freq, n_time = h.shape
+        # (N, C, F, T) -> (N F, T, C): one sequence per band
+        seq = h.permute(0, 2, 3, 1).reshape(n * n_freq, n_time, c)
+        out = self.proj(self.gru(seq)[0])
+        return h + out.reshape(n, n_freq, n_time, c).permute(0, 3, 1, 2)
+
+
 @register_backbone("osa_unet")
 class OSAUNet(nn.Module):
     """Small U-Net of OSA-RES-eSE blocks with a TAC bottleneck; see the module docstring.
 
     ``channels``: features per level (the first at ``F / patch`` bins, each next at half the bins).
     ``dilations``: time dilation of the OSA block at each level (the bottleneck gets ``2 x`` the last too).
+    ``temporal_hidden``: hidden size per direction of the bottleneck's band-wise GRU (0: none).
     """
 
     mixes_channels = True
@@ -77,6 +104,7 @@ class OSAUNet(nn.Module):
         embed_dim: int = 64,
         head_channels: int = 16,
         depthwise: bool = False,
+        temporal_hidden: int = 0,
     ) -> None:
         super().__init__()
         channels = list(channels)
@@ -103,6 +131,7 @@ class OSAUNet(nn.Module):
         self.tac = TAC(c_last)
         self.mid = block(c_last, 2 * dilations[-1])
         self.mid_film = FiLM(embed_dim, c_last)
+        self.temporal = BandGRU(c_last, temporal_hidden) if temporal_hidden > 0 else None
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(channels[i + 1], channels[i], kernel_size=(4, 1), stride=(2, 1), padding=(1, 0))
             for i in range(self.levels - 1)
@@ -141,6 +170,8 @@ class OSAUNet(nn.Module):
         # TAC over the M audio channels: (B, M, C, F', T)
         h = self.tac(h.reshape(b, m, *h.shape[1:])).reshape(b * m, *h.shape[1:])
         h = self.mid(self.mid_film(h, emb))
+        if self.temporal is not None:
+            h = self.temporal(h)
         for i in reversed(range(self.levels - 1)):
             h = self.up[i](h)
             h = self.fuse[i](torch.cat([h, skips[i]], dim=1))
