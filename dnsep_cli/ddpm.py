@@ -396,7 +396,11 @@ class TimestepSampler:
         """``(t, w)``: steps ``(B,)`` long and importance weights ``w = 1 / (N p_t)`` ``(B,)``."""
         w = self.weights()
         p = w / w.sum()
-        t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
+        # multinomial refuses zero draws; an empty batch (every example elsewhere) is still a valid request
+        if batch_size == 0:
+            t = torch.zeros(0, dtype=torch.long)
+        else:
+            t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
         # w_t = 1 / (N p_t)
         importance = 1 / (self.num_timesteps * p[t])
         return t.to(device), importance.to(device=device, dtype=dtype)

@@ -92,6 +92,9 @@ class TrainConfig:
     # validate the one-shot estimate x0_hat = D(x_T, y, T) + post-filter (1 NFE): cheap, and it tracks
     # the network's progress whatever sampler is chosen later
     val_oneshot: bool = True
+    # share of each batch trained on the one-shot estimate from the prior (prior_loss) rather than on the
+    # SDE's marginal at an importance-sampled t
+    p_prior: float = 0.25
 
 
 def spectrum_loss(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -146,6 +149,28 @@ def training_loss(
     # the post-filter refines the estimate; its gradient must not reshape the backbone's estimate
     pf_loss = spectrum_loss(model.apply_postfilter(x0_hat.detach(), y), x0)
     return loss, postfilter_weight * pf_loss
+
+
+def prior_loss(
+    model: ScoreModel,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator | None,
+    postfilter_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example losses ``(B,)`` of the one-shot estimate ``D(x_T, y, T)`` from the prior ``x_T ~ N(y, std_T^2)``.
+
+    That estimate is what the sampler starts from (``t_start``, StoRM's predictive stage) and what the prior
+    gives at inference, but the OUVE's marginal at ``T`` keeps ``e^{-theta T} x0`` in its mean (22 % for
+    theta 1.5; the prior mismatch of SGMSE+, Lay et al. 2023): a network trained on the marginal alone leans on
+    that trace of ``x0`` and does worse from the prior. Training on the prior's own input removes the mismatch.
+    """
+    t_T = torch.full((x0.shape[0],), model.sde.T, device=x0.device, dtype=x0.real.dtype)
+    x0_hat = model.data_estimate(model.sde.prior_sampling(y, generator=generator), y, t_T)
+    loss = spectrum_loss(x0_hat, x0)
+    if model.postfilter is None:
+        return loss, torch.zeros_like(loss)
+    return loss, postfilter_weight * spectrum_loss(model.apply_postfilter(x0_hat.detach(), y), x0)
 
 
 def load_init_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -261,13 +286,17 @@ class Trainer:
         batch = self.train_batches(cfg.batch_size, self.np_rng)
         clean, noisy = batch["clean"].to(self.device), batch["noisy"].to(self.device)
         x0, y = prepare_batch(model, clean, noisy)
-        idx, weights = self.t_sampler.sample(x0.shape[0], generator=self.torch_rng)
+        # the first n_prior examples train the one-shot estimate from the prior, the rest the diffusion
+        n_prior = round(cfg.p_prior * x0.shape[0])
+        idx, weights = self.t_sampler.sample(x0.shape[0] - n_prior, generator=self.torch_rng)
         t = self.t_grid[idx].to(self.device)
         z_gen = self.torch_rng if self.device.type == "cpu" else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss, pf_loss = training_loss(model, x0, y, t, z_gen, cfg.postfilter_weight)
+            loss, pf_loss = training_loss(model, x0[n_prior:], y[n_prior:], t, z_gen, cfg.postfilter_weight)
+            one_shot, pf_one_shot = prior_loss(model, x0[:n_prior], y[:n_prior], z_gen, cfg.postfilter_weight)
         self.t_sampler.update(idx, loss.detach().float())
-        total = (weights.to(self.device) * loss).mean() + pf_loss.mean()
+        total = ((weights.to(self.device) * loss).sum() + one_shot.sum()) / x0.shape[0]
+        total = total + (pf_loss.sum() + pf_one_shot.sum()) / x0.shape[0]
         for group in self.optim.param_groups:
             group["lr"] = lr_at(self.state.step, cfg)
         self.optim.zero_grad(set_to_none=True)
@@ -277,8 +306,8 @@ class Trainer:
         self.ema.update(model, self.state.step)
         self.state.step += 1
         return {
-            "loss": float(loss.detach().mean()),
-            "pf_loss": float(pf_loss.detach().mean()),
+            "loss": float(torch.cat([one_shot, loss]).detach().mean()),
+            "pf_loss": float(torch.cat([pf_one_shot, pf_loss]).detach().mean()),
             "grad_norm": float(grad_norm),
         }
 

@@ -396,3 +396,10 @@ def test_importance_weights_make_the_estimate_unbiased() -> None:
     # the sampled frequencies follow p
     freq = torch.bincount(t, minlength=N).to(torch.float64) / n
     assert ((freq - p).abs() < 5 * (p * (1 - p) / n).sqrt()).all()
+
+
+def test_samplers_of_t_accept_an_empty_batch() -> None:
+    for sampler in (UniformSampler(10), LossSecondMomentSampler(10)):
+        t, w = sampler.sample(0, generator=torch.Generator().manual_seed(0))
+        assert t.shape == (0,) and w.shape == (0,) and t.dtype == torch.long
+        sampler.update(t, torch.zeros(0))

@@ -36,6 +36,9 @@ def train(
     batch_size: int = typer.Option(8, min=1),
     segment_seconds: float = typer.Option(2.0, min=0.25),
     lr: float = typer.Option(1e-3, min=0),
+    p_prior: float = typer.Option(
+        0.25, min=0, max=1, help="Share of each batch trained on the one-shot estimate from the prior (x_T ~ y)."
+    ),
     snr_low: float = typer.Option(-5.0, help="Lowest training SNR in dB."),
     snr_high: float = typer.Option(20.0, help="Highest training SNR in dB."),
     p_reverb: float = typer.Option(0.2, min=0, max=1),
@@ -130,6 +133,7 @@ def train(
         checkpoint_every=checkpoint_every,
         seed=seed,
         device=device,
+        p_prior=p_prior,
     )
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if device.startswith("cuda"):
