@@ -59,10 +59,18 @@ def base_model_config(output: str = "data") -> ModelConfig:
         transform=TransformConfig(kind="exponent", alpha=0.5, beta=0.15),
         backbone=BackboneConfig(
             name="osa_unet",
-            params={"channels": [32, 48, 64], "dilations": [1, 2, 4], "patch": 8, "num_convs": 2, "head_channels": 12},
+            params={
+                "channels": [32, 48, 64],
+                "dilations": [1, 2, 4],
+                "patch": 8,
+                "num_convs": 2,
+                "head_channels": 12,
+                "temporal_hidden": 96,
+            },
         ),
         sde=SDEConfig(name="ouve", params={"theta": 1.5, "sigma_min": 0.05, "sigma_max": 0.5}),
-        sampler=SamplerConfig(predictor="reverse_diffusion", corrector="none", steps=4, t_eps=0.03),
+        # the shipped default: the one-shot estimate, re-noised to t 0.05, one reverse-diffusion step (2 NFE)
+        sampler=SamplerConfig(predictor="reverse_diffusion", corrector="none", steps=1, t_eps=0.03, t_start=0.05),
         postfilter=PostFilterConfig(name="deepfilter", params={"num_freqs": 96, "order": 3, "lookahead": 1}),
         output=output,
     )
