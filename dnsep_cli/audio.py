@@ -175,6 +175,10 @@ def _temp_path(target: Path, suffix: str) -> Path:
     """A fresh hidden file beside ``target`` (same folder, so ``os.replace`` is an atomic rename)."""
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
+    # mkstemp makes the file private (0600); the output gets the mode a plain open() would give it
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
     return Path(name)
 
 

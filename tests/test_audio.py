@@ -163,3 +163,20 @@ def test_float_spool_round_trips_and_cleans_up(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back, x)
     spool.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_mode_of_a_plain_open(tmp_path: Path, umask: int) -> None:
+    """The atomic temporary file is private (0600); the finished output follows the umask like any file."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        write_audio(tmp_path / "out.wav", _tone(160, 1), 16_000)
+        plain = tmp_path / "plain.bin"
+        plain.write_bytes(b"")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "out.wav").stat().st_mode)
+    assert mode == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
