@@ -88,6 +88,12 @@ class ScoreModel(nn.Module):
 
         return data_from_score(self.sde, x, y, t, self.config.score_sign * out)
 
+    def one_shot(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``D(x_T, y, T)`` with ``x_T ~ N(y, std_T^2)`` from the prior: the network's estimate in one evaluation,
+        where the sampler starts (StoRM's predictive stage). ``y`` ``(B, M, F, T)`` complex -> likewise."""
+        t_T = torch.full((y.shape[0],), self.sde.T, device=y.device, dtype=y.real.dtype)
+        return self.data_estimate(self.sde.prior_sampling(y, generator=generator), y, t_T)
+
     def score(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``grad_x log p_t(x | y)`` ``(B, M, F, T)`` complex: the ``score_fn`` of ``dnsep_cli.sampling``."""
         if self.config.output == "score":
@@ -197,9 +203,8 @@ def enhance_spectrogram(
     sde = model.sde
     x_start, extra_nfe = None, 0
     if sampler.t_start is not None:
-        t_T = torch.full((y.shape[0],), sde.T, device=y.device, dtype=y.real.dtype)
-        x0_hat = model.data_estimate(sde.prior_sampling(y, generator=generator), y, t_T)
-        t_s = torch.full_like(t_T, sampler.t_start)
+        x0_hat = model.one_shot(y, generator)
+        t_s = torch.full((y.shape[0],), sampler.t_start, device=y.device, dtype=y.real.dtype)
         mean, std = sde.marginal_prob(x0_hat, y, t_s)
         z = torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=generator)
         x_start = mean + std.reshape(-1, *([1] * (y.dim() - 1))) * z

@@ -152,11 +152,22 @@ def training_loss(
     else:
         x0_hat = out
         loss = spectrum_loss(x0_hat, x0)
+    return loss, _postfilter_loss(model, x0_hat, x0, y, loss, postfilter_weight)
+
+
+def _postfilter_loss(
+    model: ScoreModel,
+    x0_hat: torch.Tensor | None,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    loss: torch.Tensor,
+    weight: float,
+) -> torch.Tensor:
+    """Per-example post-filter loss ``(B,)`` on the estimate ``x0_hat``; zeros (like ``loss``) without one."""
     if model.postfilter is None or x0_hat is None:
-        return loss, torch.zeros_like(loss)
+        return torch.zeros_like(loss)
     # the post-filter refines the estimate; its gradient must not reshape the backbone's estimate
-    pf_loss = spectrum_loss(model.apply_postfilter(x0_hat.detach(), y), x0)
-    return loss, postfilter_weight * pf_loss
+    return weight * spectrum_loss(model.apply_postfilter(x0_hat.detach(), y), x0)
 
 
 def prior_loss(
@@ -173,12 +184,9 @@ def prior_loss(
     theta 1.5; the prior mismatch of SGMSE+, Lay et al. 2023): a network trained on the marginal alone leans on
     that trace of ``x0`` and does worse from the prior. Training on the prior's own input removes the mismatch.
     """
-    t_T = torch.full((x0.shape[0],), model.sde.T, device=x0.device, dtype=x0.real.dtype)
-    x0_hat = model.data_estimate(model.sde.prior_sampling(y, generator=generator), y, t_T)
+    x0_hat = model.one_shot(y, generator)
     loss = spectrum_loss(x0_hat, x0)
-    if model.postfilter is None:
-        return loss, torch.zeros_like(loss)
-    return loss, postfilter_weight * spectrum_loss(model.apply_postfilter(x0_hat.detach(), y), x0)
+    return loss, _postfilter_loss(model, x0_hat, x0, y, loss, postfilter_weight)
 
 
 def load_init_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -421,8 +429,7 @@ def enhance_waveform(
     scale = wav.abs().max().clamp_min(1e-8)
     y = model.spectrogram(wav / scale)
     if oneshot:
-        t_T = torch.full((1,), model.sde.T, device=device)
-        x_hat = model.apply_postfilter(model.data_estimate(model.sde.prior_sampling(y, generator), y, t_T), y)
+        x_hat = model.apply_postfilter(model.one_shot(y, generator), y)
     else:
         x_hat, _ = enhance_spectrogram(model, y, sampler, generator=generator)
     return (model.waveform(x_hat, wav.shape[-1]) * scale)[0, 0].cpu().numpy()

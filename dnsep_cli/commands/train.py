@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from dnsep_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from dnsep_cli.config import ModelConfig
 
 
 def train(
@@ -168,7 +172,7 @@ def train(
         typer.echo(f"stopped at step {state.step} ({best}); models in {out_dir}/best and {out_dir}/last")
 
 
-def _with_backbone_params(config: object, pairs: list[str]) -> object:
+def _with_backbone_params(config: ModelConfig, pairs: list[str]) -> ModelConfig:
     """``config`` with its backbone parameters updated from ``KEY=VALUE`` strings (values parsed as JSON)."""
     from dataclasses import replace
 
