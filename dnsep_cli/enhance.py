@@ -331,7 +331,10 @@ class Enhancer:
         need(sm.sampler in SAMPLERS, f"unknown sampler {sm.sampler!r}: use {', '.join(SAMPLERS)}")
         need(sm.predictor in PREDICTORS, f"unknown predictor {sm.predictor!r}: use {', '.join(PREDICTORS)}")
         need(sm.corrector in CORRECTORS, f"unknown corrector {sm.corrector!r}: use {', '.join(CORRECTORS)}")
-        need(int(sm.steps) == sm.steps and sm.steps >= 1, f"--steps must be an integer >= 1, got {sm.steps}")
+        need(
+            int(sm.steps) == sm.steps and sm.steps >= 0,
+            f"--steps must be an integer >= 0 (0: the one-shot estimate alone), got {sm.steps}",
+        )
         need(
             int(sm.corrector_steps) == sm.corrector_steps and sm.corrector_steps >= 0,
             f"--corrector-steps must be an integer >= 0, got {sm.corrector_steps}",
@@ -358,12 +361,10 @@ class Enhancer:
             raise UsageError(f"--chunk-seconds: {err}") from None
 
     def nfe_per_chunk(self, settings: EnhanceSettings | None = None) -> int:
-        """Score evaluations per chunk at these settings (plus one for a StoRM-style start)."""
-        from dnsep_cli.sampling import count_nfe
+        """Score evaluations per chunk at these settings (see ``dnsep_cli.model.sampler_nfe``)."""
+        from dnsep_cli.model import sampler_nfe
 
-        sm = (settings or self.settings).sampler
-        nfe = count_nfe(sm.sampler, sm.steps, sm.predictor, sm.corrector, sm.corrector_steps, denoise=sm.denoise)
-        return nfe + int(sm.t_start is not None)
+        return sampler_nfe((settings or self.settings).sampler)
 
     # -- public API --------------------------------------------------------------------------------------------
     def enhance(

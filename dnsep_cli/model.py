@@ -181,6 +181,24 @@ class ScoreModel(nn.Module):
         return model.to(device=device, dtype=dtype).eval()
 
 
+def sampler_nfe(sampler: SamplerConfig) -> int:
+    """Score evaluations ``enhance_spectrogram`` makes per batch: 1 for ``steps == 0`` (the one-shot estimate
+    alone), else the sampler's own count plus 1 for a ``t_start`` start from the one-shot estimate."""
+    from dnsep_cli.sampling import count_nfe
+
+    if sampler.steps == 0:
+        return 1
+    nfe = count_nfe(
+        sampler.sampler,
+        sampler.steps,
+        sampler.predictor,
+        sampler.corrector,
+        sampler.corrector_steps,
+        denoise=sampler.denoise,
+    )
+    return nfe + int(sampler.t_start is not None)
+
+
 def enhance_spectrogram(
     model: ScoreModel,
     y: torch.Tensor,
@@ -195,11 +213,16 @@ def enhance_spectrogram(
     ``y`` ``(B, M, F, T)`` complex -> ``(x_hat (B, M, F, T) complex, nfe)``. With ``sampler.t_start`` the
     process starts at ``t_start`` from ``mean(x0_hat, y, t_start) + std(t_start) z`` where ``x0_hat`` is the
     model's one-shot estimate from the prior (StoRM, Lemercier et al. 2023): one extra score evaluation.
+    With ``sampler.steps == 0`` no reverse step runs: ``x_hat`` is that one-shot estimate ``D(x_T, y, T)``
+    itself (one evaluation), the predictive stage alone.
     """
     from dnsep_cli.sampling import SAMPLERS
 
     if sampler.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler.sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
+    if sampler.steps == 0:
+        x0_hat = model.one_shot(y, generator)
+        return (model.apply_postfilter(x0_hat, y) if postfilter else x0_hat), 1
     sde = model.sde
     x_start, extra_nfe = None, 0
     if sampler.t_start is not None:

@@ -148,7 +148,7 @@ def test_usage_errors_exit_2(model_dir: Path, tmp_path: Path, capsys) -> None:
     sf.write(tmp_path / "in.wav", _signal(0.3), 16_000)
     base = ["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", model_dir]
     for extra, message in [
-        (["--steps", "0"], "--steps must be an integer >= 1"),
+        (["--steps", "-1"], "--steps must be an integer >= 0"),
         (["--snr", "-0.5"], "--snr must be > 0"),
         (["--corrector-steps", "-1"], "--corrector-steps"),
         (["--t-eps", "2"], "--t-eps"),
@@ -255,9 +255,10 @@ def test_real_entry_point_in_a_subprocess(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert sf.info(str(tmp_path / "out.wav")).channels == 2
     assert "\x1b[" not in done.stdout + done.stderr
-    bad = subprocess.run([*cmd, "-m", str(tmp_path / "m"), "--steps", "0"], capture_output=True, text=True, env=env)
+    bad = subprocess.run([*cmd, "-m", str(tmp_path / "m"), "--steps", "-2"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "dnsep: error: --steps must be an integer >= 1, got 0"
+    expected = "dnsep: error: --steps must be an integer >= 0 (0: the one-shot estimate alone), got -2"
+    assert bad.stderr.strip() == expected
 
 
 def test_quality_preset_and_t_start(model_dir: Path, tmp_path: Path, capsys) -> None:
@@ -272,3 +273,20 @@ def test_quality_preset_and_t_start(model_dir: Path, tmp_path: Path, capsys) -> 
     code, out, _ = run_cli([*base, tmp_path / "q2.wav", "--quality", "--steps", "2", "--t-start", "0"], capsys)
     sampler = json.loads(out)["settings"]["sampler"]
     assert code == 0 and sampler["steps"] == 2 and sampler["t_start"] is None
+
+
+def test_zero_steps_runs_the_one_shot_estimate(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """--steps 0: one score evaluation per chunk, the same audio as the library's one-shot path."""
+    from dnsep_cli.enhance import Enhancer
+
+    x = _signal(0.4)
+    sf.write(tmp_path / "in.wav", x, 16_000)
+    argv = ["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", model_dir, "--steps", "0", "--seed", "4"]
+    code, out, err = run_cli([*argv, "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["settings"]["sampler"]["steps"] == 0 and report["settings"]["nfe_per_chunk"] == 1
+    written, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    expected = Enhancer.from_pretrained(model_dir, device="cpu").enhance(x[:, 0], 16_000, seed=4, steps=0)
+    np.testing.assert_allclose(written, expected, atol=1e-4)  # the file is PCM_16
+    assert not np.allclose(written, x[:, 0], atol=1e-3)

@@ -132,3 +132,12 @@ def test_no_shipped_models(tmp_path: Path, capsys, monkeypatch) -> None:
     assert code == 0 and "no models are shipped" in out
     code, _, err = run_cli(["inspect"], capsys)
     assert code == 1 and "default model 'dnsep-base' is not installed" in err
+
+
+def test_zero_step_default_is_shown_as_the_one_shot_estimate(tmp_path: Path, capsys) -> None:
+    folder = save_tiny_model(tmp_path / "one-shot", sampler=SamplerConfig(steps=0, corrector="ald", t_start=0.5))
+    info = json.loads(run_cli(["inspect", folder, "--json"], capsys)[1])
+    assert info["sampler"]["steps"] == 0 and info["sampler"]["nfe"] == 1
+    code, out, _ = run_cli(["inspect", folder], capsys)
+    assert code == 0 and "one-shot estimate" in out
+    assert "predictor" not in out and "corrector" not in out  # settings that do not apply are not shown

@@ -299,7 +299,8 @@ def test_unwritable_output_folder(quiet_gate: Enhancer, tmp_path: Path) -> None:
 def test_options_out_of_range_are_usage_errors(quiet_gate: Enhancer) -> None:
     x = _speechy(0.2)
     for bad, match in [
-        ({"steps": 0}, "--steps must be"),
+        ({"steps": -1}, "--steps must be"),
+        ({"steps": 0.5}, "--steps must be"),
         ({"snr": -0.5}, "--snr must be > 0"),
         ({"corrector_steps": -1}, "--corrector-steps"),
         ({"t_eps": 0.0}, "--t-eps"),

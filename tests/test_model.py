@@ -243,3 +243,64 @@ def test_initial_weights_must_fit_the_model():
         load_init_weights(wide, small.state_dict())  # same keys, other shapes
     with pytest.raises(ValueError, match="lacks"):
         load_init_weights(small, grown.state_dict())  # a shrunk model cannot take the GRU's weights
+
+
+@pytest.mark.parametrize("postfilter", [True, False])
+def test_zero_steps_is_the_one_shot_estimate_alone(postfilter):
+    """steps 0: no reverse step runs; the output is D(y + std(T) z, y, T) (post-filtered), in one evaluation."""
+    from dnsep_cli.config import SamplerConfig
+
+    torch.manual_seed(3)
+    model = ScoreModel(tiny_model_config()).eval()
+    _, y = _spectra(model, batch=2)
+    calls = []
+    raw = model._raw
+
+    def counting(x, yy, t):
+        calls.append((x.clone(), t.clone()))
+        return raw(x, yy, t)
+
+    model._raw = counting
+    with torch.no_grad():
+        config = SamplerConfig(steps=0, t_start=0.5)
+        gen = torch.Generator().manual_seed(9)
+        x_hat, nfe = enhance_spectrogram(model, y, config, generator=gen, postfilter=postfilter)
+        x0_hat = model.one_shot(y, torch.Generator().manual_seed(9))
+        expected = model.apply_postfilter(x0_hat, y) if postfilter else x0_hat
+    assert nfe == 1 and len(calls) == 2  # one for enhance_spectrogram, one for the reference
+    x_T, t = calls[0]
+    assert torch.all(t == model.sde.T)  # evaluated at T, whatever t_start says
+    assert torch.equal(x_T, calls[1][0])  # on the same prior draw y + std(T) z as one_shot
+    assert torch.equal(x_hat, expected)
+    assert (x_T - y).real.std() == pytest.approx(float(model.sde.std(t)[0]) / 2**0.5, rel=0.1)  # per part
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        {"steps": 0},
+        {"steps": 0, "sampler": "ode", "t_start": 0.5},
+        {"steps": 3, "corrector": "none"},
+        {"steps": 2, "corrector": "ald", "corrector_steps": 2},
+        {"steps": 1, "corrector": "none", "t_start": 0.05},
+        {"steps": 2, "sampler": "ode", "t_start": 0.5},
+    ],
+)
+def test_sampler_nfe_counts_the_real_evaluations(sampler):
+    from dnsep_cli.config import SamplerConfig
+    from dnsep_cli.model import sampler_nfe
+
+    model = ScoreModel(tiny_model_config()).eval()
+    _, y = _spectra(model, batch=1)
+    calls = []
+    raw = model._raw
+
+    def counting(x, yy, t):
+        calls.append(1)
+        return raw(x, yy, t)
+
+    model._raw = counting
+    config = SamplerConfig(**sampler)
+    with torch.no_grad():
+        _, nfe = enhance_spectrogram(model, y, config)
+    assert nfe == len(calls) == sampler_nfe(config)

@@ -123,7 +123,9 @@ def enhance(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Shipped model name, model folder, hf:owner/name\\[@rev], or SGMSE+ .ckpt."
     ),
-    steps: int | None = typer.Option(None, "--steps", help="Reverse-process steps (default: the model's)."),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Reverse-process steps (default: the model's); 0: the one-shot estimate alone."
+    ),
     sampler: str | None = typer.Option(None, "--sampler", help="pc (predictor-corrector) or ode."),
     predictor: str | None = typer.Option(None, "--predictor", help="reverse_diffusion, euler_maruyama or none."),
     corrector: str | None = typer.Option(None, "--corrector", help="ald, langevin or none."),

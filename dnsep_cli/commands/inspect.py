@@ -19,7 +19,7 @@ def describe_model(spec: str | None) -> dict[str, Any]:
     import torch
 
     from dnsep_cli.hub import card_section, load_model, read_model_card, resolve_model
-    from dnsep_cli.sampling import count_nfe
+    from dnsep_cli.model import sampler_nfe
 
     source = resolve_model(spec)
     model = load_model(source, "cpu")
@@ -76,11 +76,7 @@ def describe_model(spec: str | None) -> dict[str, Any]:
             "std_at_T": float(sde.std(t_T)[0]),
             "std_at_t_eps": float(sde.std(t_eps)[0]),
         },
-        "sampler": asdict(sm)
-        | {
-            "nfe": count_nfe(sm.sampler, sm.steps, sm.predictor, sm.corrector, sm.corrector_steps, denoise=sm.denoise)
-            + int(sm.t_start is not None)
-        },
+        "sampler": asdict(sm) | {"nfe": sampler_nfe(sm)},
         "postfilter": None
         if cfg.postfilter is None
         else {
@@ -172,13 +168,18 @@ def _print_tables(info: dict[str, Any]) -> None:
     sde_rows += [(k, sde[k]) for k in ("theta", "sigma_min", "sigma_max", "beta_min", "beta_max", "T") if k in sde]
     sde_rows += [("t_eps", sde["t_eps"]), ("std at T", sde["std_at_T"]), ("std at t_eps", sde["std_at_t_eps"])]
     table("SDE", sde_rows)
-    sampler_rows = [("sampler", sm["sampler"]), ("steps", sm["steps"])]
-    if sm["sampler"] == "pc":
-        sampler_rows += [
-            ("predictor", sm["predictor"]),
-            ("corrector", f"{sm['corrector']} x {sm['corrector_steps']}, snr {sm['snr']:g}"),
-        ]
-    sampler_rows += [("t_start", sm["t_start"]), ("denoise", sm["denoise"]), ("score evaluations", sm["nfe"])]
+    if sm["steps"] == 0:
+        # no reverse step runs, so the sampler's other settings do not apply
+        sampler_rows = [("steps", "0: the one-shot estimate D(y + std(T) z, y, T)")]
+    else:
+        sampler_rows = [("sampler", sm["sampler"]), ("steps", sm["steps"])]
+        if sm["sampler"] == "pc":
+            sampler_rows += [
+                ("predictor", sm["predictor"]),
+                ("corrector", f"{sm['corrector']} x {sm['corrector_steps']}, snr {sm['snr']:g}"),
+            ]
+        sampler_rows += [("t_start", sm["t_start"]), ("denoise", sm["denoise"])]
+    sampler_rows += [("score evaluations", sm["nfe"])]
     table("Sampler defaults", sampler_rows)
     pf = info["postfilter"]
     table(
