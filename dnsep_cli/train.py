@@ -97,7 +97,7 @@ class TrainConfig:
     device: str = "cpu"
     postfilter_weight: float = 1.0
     val_sampler: dict[str, Any] = field(default_factory=dict)  # SamplerConfig overrides for validation
-    # validate the one-shot estimate x0_hat = D(x_T, y, T) + post-filter (1 NFE): cheap, and it tracks
+    # validate the one-shot estimate x0_hat = D(x_T, y, T) + post-filter (steps 0, 1 NFE): cheap, and it tracks
     # the network's progress whatever sampler is chosen later
     val_oneshot: bool = True
     # share of each batch trained on the one-shot estimate from the prior (prior_loss) rather than on the
@@ -342,11 +342,13 @@ class Trainer:
             return {}
         model = self.ema_model()
         sampler = replace(model.config.sampler, **self.cfg.val_sampler)
+        if self.cfg.val_oneshot:
+            sampler = replace(sampler, steps=0)
         sr = model.config.sample_rate
         scores: dict[str, list[float]] = {"pesq": [], "estoi": [], "si_sdr": []}
         gen = torch.Generator(device="cpu").manual_seed(1234)
         for _, clean, noisy in self.validation:
-            enhanced = enhance_waveform(model, noisy, sampler, gen, oneshot=self.cfg.val_oneshot)
+            enhanced = enhance_waveform(model, noisy, sampler, gen)
             scores["pesq"].append(pesq_wb(clean, enhanced, sr))
             scores["estoi"].append(estoi(clean, enhanced, sr))
             scores["si_sdr"].append(si_sdr(clean, enhanced, sr))
@@ -418,20 +420,13 @@ def enhance_waveform(
     noisy: np.ndarray,
     sampler: SamplerConfig,
     generator: torch.Generator | None,
-    oneshot: bool = False,
 ) -> np.ndarray:
-    """One mono waveform at the model rate, whole (no chunking): the validation path of training.
-
-    ``oneshot``: instead of the sampler, the network's estimate from the prior, ``D(x_T, y, T)``.
-    """
+    """One mono waveform at the model rate, whole (no chunking): the validation path of training."""
     device = next(model.parameters()).device
     wav = torch.as_tensor(noisy, dtype=torch.float32, device=device)[None, None]
     scale = wav.abs().max().clamp_min(1e-8)
     y = model.spectrogram(wav / scale)
-    if oneshot:
-        x_hat = model.apply_postfilter(model.one_shot(y, generator), y)
-    else:
-        x_hat, _ = enhance_spectrogram(model, y, sampler, generator=generator)
+    x_hat, _ = enhance_spectrogram(model, y, sampler, generator=generator)
     return (model.waveform(x_hat, wav.shape[-1]) * scale)[0, 0].cpu().numpy()
 
 
