@@ -145,18 +145,24 @@ def test_gradients_reach_every_parameter():
     assert missing == []
 
 
+def _record_evaluations(model: ScoreModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Wrap the network's forward pass so each real evaluation appends its ``(x, t)``; returns that list."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    raw = model._raw
+
+    def recording(x, y, t):
+        calls.append((x.clone(), t.clone()))
+        return raw(x, y, t)
+
+    model._raw = recording
+    return calls
+
+
 def test_enhance_spectrogram_counts_score_evaluations_and_is_seeded():
     torch.manual_seed(5)
     model = ScoreModel(tiny_model_config()).eval()
     _, y = _spectra(model, batch=1)
-    calls = []
-    score = model.score
-
-    def counting(x, yy, t):
-        calls.append(1)
-        return score(x, yy, t)
-
-    model.score = counting  # count real evaluations of the real model
+    calls = _record_evaluations(model)
     sampler = model.config.sampler
     with torch.no_grad():
         a, nfe = enhance_spectrogram(model, y, sampler, generator=torch.Generator().manual_seed(7))
@@ -253,14 +259,7 @@ def test_zero_steps_is_the_one_shot_estimate_alone(postfilter):
     torch.manual_seed(3)
     model = ScoreModel(tiny_model_config()).eval()
     _, y = _spectra(model, batch=2)
-    calls = []
-    raw = model._raw
-
-    def counting(x, yy, t):
-        calls.append((x.clone(), t.clone()))
-        return raw(x, yy, t)
-
-    model._raw = counting
+    calls = _record_evaluations(model)
     with torch.no_grad():
         config = SamplerConfig(steps=0, t_start=0.5)
         gen = torch.Generator().manual_seed(9)
@@ -292,14 +291,7 @@ def test_sampler_nfe_counts_the_real_evaluations(sampler):
 
     model = ScoreModel(tiny_model_config()).eval()
     _, y = _spectra(model, batch=1)
-    calls = []
-    raw = model._raw
-
-    def counting(x, yy, t):
-        calls.append(1)
-        return raw(x, yy, t)
-
-    model._raw = counting
+    calls = _record_evaluations(model)
     config = SamplerConfig(**sampler)
     with torch.no_grad():
         _, nfe = enhance_spectrogram(model, y, config)
