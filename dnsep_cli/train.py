@@ -24,8 +24,11 @@ import copy
 import csv
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -264,6 +267,7 @@ class Trainer:
         self.validation = validation or []
         self.card_info = card_info or {}
         self.state = TrainState()
+        self.interrupted = False  # set by fit() when a Ctrl-C stopped it
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save_state(self) -> Path:
@@ -361,6 +365,17 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def fit(self, progress: Callable[[int, dict[str, float]], None] | None = None) -> TrainState:
+        """Train to ``max_steps`` or ``time_limit``; then save the state and export ``last/``.
+
+        A Ctrl-C (SIGINT) stops the loop after the step in progress, with the same saving, and sets
+        ``self.interrupted``; a second Ctrl-C interrupts at once.
+        """
+        with _interrupt_after_step() as interrupted:
+            state = self._loop(progress, interrupted)
+        self.interrupted = interrupted()
+        return state
+
+    def _loop(self, progress: Callable[[int, dict[str, float]], None] | None, stop: Callable[[], bool]) -> TrainState:
         cfg = self.cfg
         start = time.monotonic()
         start_elapsed = self.state.elapsed
@@ -372,7 +387,7 @@ class Trainer:
             if new_log:
                 writer.writerow(["step", "elapsed_s", "loss", "pf_loss", "grad_norm", "lr", "pesq", "estoi", "si_sdr"])
             running: dict[str, float] = {}
-            while self.state.step < cfg.max_steps:
+            while self.state.step < cfg.max_steps and not stop():
                 if cfg.time_limit is not None and time.monotonic() - start >= cfg.time_limit:
                     break
                 stats = self.step()
@@ -415,6 +430,28 @@ class Trainer:
 
 
 @torch.no_grad()
+@contextmanager
+def _interrupt_after_step() -> Iterator[Callable[[], bool]]:
+    """Within the block the first SIGINT only raises a flag (yielded as a callable), so a training loop can
+    stop between two steps with nothing half updated; the previous handler is back for a second SIGINT and
+    after the block. Outside the main thread (where Python delivers signals) nothing changes."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: object) -> None:
+        hit.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def enhance_waveform(
     model: ScoreModel,
     noisy: np.ndarray,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -121,6 +125,32 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     for key in straight.ema.shadow:
         assert torch.equal(straight.ema.shadow[key], resumed.ema.shadow[key]), key
     assert torch.equal(straight.t_sampler.loss_history, resumed.t_sampler.loss_history)
+
+
+def test_ctrl_c_stops_between_steps_with_everything_saved(tmp_path):
+    """SIGINT during fit(): the step in progress finishes, state.pt and last/ are written, the handler is
+    restored, and resuming gives exactly the model of an uninterrupted run."""
+    handler_before = signal.getsignal(signal.SIGINT)
+
+    def interrupt_at_step_2(step: int, stats: dict) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    stopped = Trainer(_config(tmp_path / "b", max_steps=4), tiny_model_config(), synthetic_batches)
+    state = stopped.fit(progress=interrupt_at_step_2)
+    assert stopped.interrupted and state.step == 2
+    assert signal.getsignal(signal.SIGINT) is handler_before
+    assert (tmp_path / "b" / "last" / "model.safetensors").is_file()
+
+    resumed = Trainer(_config(tmp_path / "b", max_steps=4), tiny_model_config(), synthetic_batches)
+    resumed.load_state()
+    assert resumed.state.step == 2
+    resumed.fit()
+    assert not resumed.interrupted
+    straight = Trainer(_config(tmp_path / "a", max_steps=4), tiny_model_config(), synthetic_batches)
+    straight.fit()
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_resume_refuses_another_model_configuration(tmp_path):
@@ -242,3 +272,31 @@ def test_cli_rejects_bad_model_options(tmp_path, extra, message, code, capsys):
     assert run_cli(args) == code
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_ctrl_c_saves_the_run_and_exits_130(tmp_path):
+    """A user's Ctrl-C in `dnsep train`: one line on stderr, exit 130, and a run that --resume continues."""
+    _write_folder(tmp_path / "speech", 2, "speech")
+    _write_folder(tmp_path / "noise", 1, "noise")
+    data = ["--speech", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise")]
+    args = [*data, "--batch-size", "1", "--segment-seconds", "0.5", "--val-items", "0", "--threads", "1"]
+    ScoreModel(tiny_model_config()).save_pretrained(tmp_path / "tiny")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dnsep_cli", "train", str(run), *args, "--init", str(tmp_path / "tiny")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
+    with subprocess.Popen([*cmd, "--max-steps", "100000"], **pipes) as proc:
+        for line in proc.stdout:
+            if line.startswith("step 25/"):
+                proc.send_signal(signal.SIGINT)
+                break
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dnsep: interrupted at step "), err
+    step = int(lines[0].split("step ")[1].split(";")[0])
+    assert step >= 25
+    assert (run / "last" / "model.safetensors").is_file()
+    resumed = subprocess.run([*cmd, "--max-steps", str(step + 1), "--resume"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"stopped at step {step + 1} " in resumed.stdout  # one more step after the saved one

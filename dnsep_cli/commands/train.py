@@ -167,6 +167,12 @@ def train(
         typer.echo(f"step {step}/{max_steps}  {shown}")
 
     state = trainer.fit(progress=report)
+    if trainer.interrupted:
+        typer.echo(
+            f"dnsep: interrupted at step {state.step}; state saved, --resume continues, model in {out_dir}/last",
+            err=True,
+        )
+        raise typer.Exit(130)
     if not quiet:
         best = f"best at step {state.best_step}" if state.best_step >= 0 else "no validation"
         typer.echo(f"stopped at step {state.step} ({best}); models in {out_dir}/best and {out_dir}/last")
