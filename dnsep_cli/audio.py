@@ -176,10 +176,16 @@ def _temp_path(target: Path, suffix: str) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     # mkstemp makes the file private (0600); the output gets the mode a plain open() would give it
+    set_default_mode(Path(name))
+    return Path(name)
+
+
+def set_default_mode(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would: ``0666`` minus the umask (mkstemp and safetensors
+    create private 0600 files, unreadable to the group on a shared server)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    return Path(name)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def check_writable_folder(folder: Path) -> None:

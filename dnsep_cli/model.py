@@ -156,11 +156,14 @@ class ScoreModel(nn.Module):
         """Write ``config.json`` + ``model.safetensors`` (+ ``MODEL_CARD.md``) into ``folder``."""
         from safetensors.torch import save_file
 
+        from dnsep_cli.audio import set_default_mode
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save(folder)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "dnsep_config_version": "1"})
+        set_default_mode(folder / WEIGHTS_FILE)
         if card is not None:
             (folder / CARD_FILE).write_text(card)
         return folder

@@ -296,3 +296,18 @@ def test_sampler_nfe_counts_the_real_evaluations(sampler):
     with torch.no_grad():
         _, nfe = enhance_spectrogram(model, y, config)
     assert nfe == len(calls) == sampler_nfe(config)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_model_files_follow_the_umask(tmp_path, umask):
+    """safetensors writes a private 0600 file; an exported model must be readable as far as the umask allows."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        folder = ScoreModel(tiny_model_config()).save_pretrained(tmp_path / "m", card="# m")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes == dict.fromkeys(("config.json", WEIGHTS_FILE, "MODEL_CARD.md"), 0o666 & ~umask)
