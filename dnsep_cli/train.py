@@ -72,8 +72,9 @@ def base_model_config(output: str = "data") -> ModelConfig:
             },
         ),
         sde=SDEConfig(name="ouve", params={"theta": 1.5, "sigma_min": 0.05, "sigma_max": 0.5}),
-        # the shipped default: the one-shot estimate, re-noised to t 0.05, one reverse-diffusion step (2 NFE)
-        sampler=SamplerConfig(predictor="reverse_diffusion", corrector="none", steps=1, t_eps=0.03, t_start=0.05),
+        # the shipped default: the one-shot estimate alone (steps 0, 1 NFE); with --steps N >= 1 the reverse
+        # process starts from it, re-noised to t 0.05, and takes N reverse-diffusion steps
+        sampler=SamplerConfig(predictor="reverse_diffusion", corrector="none", steps=0, t_eps=0.03, t_start=0.05),
         postfilter=PostFilterConfig(name="deepfilter", params={"num_freqs": 96, "order": 3, "lookahead": 1}),
         output=output,
     )
