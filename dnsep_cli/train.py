@@ -387,13 +387,17 @@ class Trainer:
             writer = csv.writer(log_file)
             if new_log:
                 writer.writerow(["step", "elapsed_s", "loss", "pf_loss", "grad_norm", "lr", "pesq", "estoi", "si_sdr"])
+            # sums of the step statistics since the last log row, and how many steps they hold (after a resume
+            # or a validation row that is not a multiple of log_every)
             running: dict[str, float] = {}
+            summed = 0
             while self.state.step < cfg.max_steps and not stop():
                 if cfg.time_limit is not None and time.monotonic() - start >= cfg.time_limit:
                     break
                 stats = self.step()
                 for k, v in stats.items():
                     running[k] = running.get(k, 0.0) + v
+                summed += 1
                 self.state.elapsed = start_elapsed + time.monotonic() - start
                 step = self.state.step
                 val: dict[str, float] = {}
@@ -405,9 +409,8 @@ class Trainer:
                         self.state.best_score, self.state.best_step = score, step
                         self.export(self.out / "best", val)
                 if step % cfg.log_every == 0 or val:
-                    n = max(1, step % cfg.log_every or cfg.log_every)
-                    means = {k: v / n for k, v in running.items()}
-                    running = {}
+                    means = {k: v / summed for k, v in running.items()}
+                    running, summed = {}, 0
                     writer.writerow(
                         [
                             step,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import signal
@@ -151,6 +152,28 @@ def test_ctrl_c_stops_between_steps_with_everything_saved(tmp_path):
     straight.fit()
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_log_rows_average_the_steps_since_the_last_row(tmp_path):
+    """After a resume at step 3 with log_every 4, step 4's row is that one step's loss, not a quarter of it."""
+    Trainer(_config(tmp_path, max_steps=3, log_every=4), tiny_model_config(), synthetic_batches).fit()
+    resumed = Trainer(_config(tmp_path, max_steps=8, log_every=4), tiny_model_config(), synthetic_batches)
+    resumed.load_state()
+    losses: list[float] = []
+    step = resumed.step
+
+    def recording_step() -> dict[str, float]:
+        stats = step()
+        losses.append(stats["loss"])
+        return stats
+
+    resumed.step = recording_step
+    resumed.fit()
+    with (tmp_path / "log.csv").open() as f:
+        logged = {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+    assert sorted(logged) == [4, 8]
+    assert logged[4] == pytest.approx(losses[0], abs=1e-5)
+    assert logged[8] == pytest.approx(float(np.mean(losses[1:5])), abs=1e-5)
 
 
 def test_resume_refuses_another_model_configuration(tmp_path):
