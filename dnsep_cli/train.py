@@ -299,6 +299,22 @@ class Trainer:
         self.np_rng.bit_generator.state = json.loads(payload["np_rng"])
         self.torch_rng.set_state(payload["torch_rng"])
         self.state = TrainState(**json.loads(payload["state"]))
+        self._drop_log_rows_after(self.state.step)
+
+    def _drop_log_rows_after(self, step: int) -> None:
+        """Remove the log rows of steps after the checkpoint: the run is about to redo them."""
+        log_path = self.out / LOG_FILE
+        if not log_path.is_file():
+            return
+        with log_path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        if len(kept) == len(rows):
+            return
+        tmp = log_path.with_name(log_path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        tmp.replace(log_path)
 
     # -- one step -----------------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:

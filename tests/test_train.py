@@ -176,6 +176,28 @@ def test_log_rows_average_the_steps_since_the_last_row(tmp_path):
     assert logged[8] == pytest.approx(float(np.mean(losses[1:5])), abs=1e-5)
 
 
+def test_resume_after_a_crash_redoes_the_lost_steps_once_in_the_log(tmp_path):
+    """Steps logged after the last checkpoint are lost in a crash; resuming drops their rows and logs them anew."""
+    import shutil
+
+    Trainer(_config(tmp_path, max_steps=3), tiny_model_config(), synthetic_batches).fit()
+    shutil.copy(tmp_path / "state.pt", tmp_path / "state_at_3.pt")
+    lost = Trainer(_config(tmp_path, max_steps=5), tiny_model_config(), synthetic_batches)
+    lost.load_state()
+    lost.fit()
+    shutil.copy(tmp_path / "state_at_3.pt", tmp_path / "state.pt")  # the crash: steps 4-5 never checkpointed
+    resumed = Trainer(_config(tmp_path, max_steps=6), tiny_model_config(), synthetic_batches)
+    resumed.load_state()
+    resumed.fit()
+    with (tmp_path / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    straight = Trainer(_config(tmp_path / "straight", max_steps=6), tiny_model_config(), synthetic_batches)
+    straight.fit()
+    with (tmp_path / "straight" / "log.csv").open() as f:
+        assert [r["loss"] for r in csv.DictReader(f)] == [r["loss"] for r in rows]
+
+
 def test_resume_refuses_another_model_configuration(tmp_path):
     Trainer(_config(tmp_path, max_steps=1), tiny_model_config(), synthetic_batches).fit()
     other = Trainer(_config(tmp_path), tiny_model_config(output="v"), synthetic_batches)
