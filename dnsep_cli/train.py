@@ -384,6 +384,9 @@ class Trainer:
     def fit(self, progress: Callable[[int, dict[str, float]], None] | None = None) -> TrainState:
         """Train to ``max_steps`` or ``time_limit``; then save the state and export ``last/``.
 
+        ``progress(step, stats)`` runs after every step; ``stats`` (the means since the previous log row, and
+        validation metrics when there were some) is empty except on the rows written to ``log.csv``.
+
         A Ctrl-C (SIGINT) stops the loop after the step in progress, with the same saving, and sets
         ``self.interrupted``; a second Ctrl-C interrupts at once.
         """
@@ -424,6 +427,7 @@ class Trainer:
                     if score > self.state.best_score:
                         self.state.best_score, self.state.best_step = score, step
                         self.export(self.out / "best", val)
+                logged: dict[str, float] = {}
                 if step % cfg.log_every == 0 or val:
                     means = {k: v / summed for k, v in running.items()}
                     running, summed = {}, 0
@@ -439,8 +443,9 @@ class Trainer:
                         ]
                     )
                     log_file.flush()
-                    if progress is not None:
-                        progress(step, {**means, **val})
+                    logged = {**means, **val}
+                if progress is not None:
+                    progress(step, logged)
                 if time.monotonic() - last_ckpt >= cfg.checkpoint_every:
                     self.save_state()
                     last_ckpt = time.monotonic()

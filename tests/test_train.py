@@ -345,3 +345,26 @@ def test_cli_ctrl_c_saves_the_run_and_exits_130(tmp_path):
     resumed = subprocess.run([*cmd, "--max-steps", str(step + 1), "--resume"], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"stopped at step {step + 1} " in resumed.stdout  # one more step after the saved one
+
+
+def test_train_bar_shows_steps_losses_and_the_last_validation():
+    """The terminal view of `dnsep train`: the step count, the latest losses, and validation metrics that
+    stay on screen between validations."""
+    import io
+
+    from rich.console import Console
+
+    from dnsep_cli.commands.train import TrainBar
+
+    out = io.StringIO()
+    with TrainBar(100, 1000, console=Console(file=out, force_terminal=True, width=200)) as bar:
+        bar.update(125, {"loss": 0.00123, "pf_loss": 0.0011})
+        bar.update(126, {})
+        bar.update(150, {"loss": 0.001, "pf_loss": 0.0009, "pesq": 1.9072, "estoi": 0.751, "si_sdr": 8.1893})
+        bar.update(151, {})
+        bar.progress.refresh()
+        shown = bar.progress.tasks[0]
+    assert shown.completed == 151 and shown.total == 1000
+    assert shown.fields["losses"] == "loss 0.001  pf_loss 0.0009"
+    assert shown.fields["validation"] == "val PESQ 1.907 ESTOI 0.751 SI-SDR 8.19"
+    assert "151/1000" in out.getvalue() and "val PESQ 1.907" in out.getvalue()

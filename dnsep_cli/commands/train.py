@@ -11,6 +11,8 @@ import typer
 from dnsep_cli.errors import UsageError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from dnsep_cli.config import ModelConfig
 
 
@@ -160,13 +162,20 @@ def train(
         trainer.ema.shadow = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     (out_dir / "train_config.json").write_text(json.dumps({"train": cfg.__dict__, "mix": mix.__dict__}, indent=2))
 
-    def report(step: int, stats: dict[str, float]) -> None:
-        if quiet:
-            return
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in stats.items())
-        typer.echo(f"step {step}/{max_steps}  {shown}")
+    import sys
 
-    state = trainer.fit(progress=report)
+    if quiet:
+        state = trainer.fit()
+    elif sys.stdout.isatty():
+        with TrainBar(trainer.state.step, max_steps) as bar:
+            state = trainer.fit(progress=bar.update)
+    else:  # a log file or a pipe: one plain line per log row
+
+        def report(step: int, stats: dict[str, float]) -> None:
+            if stats:
+                typer.echo(f"step {step}/{max_steps}  {_format_stats(stats)}")
+
+        state = trainer.fit(progress=report)
     if trainer.interrupted:
         typer.echo(
             f"dnsep: interrupted at step {state.step}; state saved, --resume continues, model in {out_dir}/last",
@@ -176,6 +185,46 @@ def train(
     if not quiet:
         best = f"best at step {state.best_step}" if state.best_step >= 0 else "no validation"
         typer.echo(f"stopped at step {state.step} ({best}); models in {out_dir}/best and {out_dir}/last")
+
+
+def _format_stats(stats: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4g}" for k, v in stats.items())
+
+
+class TrainBar:
+    """A rich progress bar for a terminal: steps done of ``max_steps`` with the time left, the latest logged
+    losses and the latest validation metrics (which stay shown until the next validation)."""
+
+    def __init__(self, start_step: int, max_steps: int, console: Console | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[losses]}  {task.fields[validation]}"),
+            console=console or Console(),
+        )
+        self.task = self.progress.add_task("train", total=max_steps, completed=start_step, losses="", validation="")
+
+    def update(self, step: int, stats: dict[str, float]) -> None:
+        fields: dict[str, str] = {}
+        losses = {k: v for k, v in stats.items() if k not in ("pesq", "estoi", "si_sdr")}
+        if losses:
+            fields["losses"] = _format_stats(losses)
+        if "pesq" in stats:
+            pesq, estoi, si_sdr = stats["pesq"], stats["estoi"], stats["si_sdr"]
+            fields["validation"] = f"val PESQ {pesq:.3f} ESTOI {estoi:.3f} SI-SDR {si_sdr:.2f}"
+        self.progress.update(self.task, completed=step, **fields)
+
+    def __enter__(self) -> TrainBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
 
 
 def _with_backbone_params(config: ModelConfig, pairs: list[str]) -> ModelConfig:
