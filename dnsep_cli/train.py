@@ -454,7 +454,6 @@ class Trainer:
         return self.state
 
 
-@torch.no_grad()
 @contextmanager
 def _interrupt_after_step() -> Iterator[Callable[[], bool]]:
     """Within the block the first SIGINT only raises a flag (yielded as a callable), so a training loop can
@@ -477,6 +476,7 @@ def _interrupt_after_step() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+@torch.no_grad()
 def enhance_waveform(
     model: ScoreModel,
     noisy: np.ndarray,

@@ -17,7 +17,16 @@ from conftest import tiny_model_config, voiced_signal
 
 from dnsep_cli.cli import main
 from dnsep_cli.model import ScoreModel
-from dnsep_cli.train import TrainConfig, Trainer, lr_at, prepare_batch, prior_loss, spectrum_loss, training_loss
+from dnsep_cli.train import (
+    TrainConfig,
+    Trainer,
+    enhance_waveform,
+    lr_at,
+    prepare_batch,
+    prior_loss,
+    spectrum_loss,
+    training_loss,
+)
 
 SR = 16000
 
@@ -368,3 +377,21 @@ def test_train_bar_shows_steps_losses_and_the_last_validation():
     assert shown.fields["losses"] == "loss 0.001  pf_loss 0.0009"
     assert shown.fields["validation"] == "val PESQ 1.907 ESTOI 0.751 SI-SDR 8.19"
     assert "151/1000" in out.getvalue() and "val PESQ 1.907" in out.getvalue()
+
+
+def test_validation_path_builds_no_autograd_graph():
+    """enhance_waveform runs without gradients (a whole file through the network would otherwise keep every
+    activation), and with steps 0 it is the post-filtered one-shot estimate."""
+    from dataclasses import replace
+
+    model = ScoreModel(tiny_model_config()).eval()
+    noisy = voiced_signal(0.5) + 0.05 * np.random.default_rng(0).standard_normal(SR // 2).astype(np.float32)
+    sampler = replace(model.config.sampler, steps=0)
+    out = enhance_waveform(model, noisy, sampler, torch.Generator().manual_seed(2))
+    again = enhance_waveform(model, noisy, sampler, torch.Generator().manual_seed(2))
+    assert out.shape == noisy.shape and np.array_equal(out, again)
+    assert torch.is_grad_enabled()  # the caller's mode is left as it was
+    seen = []
+    model.backbone.register_forward_hook(lambda module, args, output: seen.append(torch.is_grad_enabled()))
+    enhance_waveform(model, noisy, sampler, None)
+    assert seen == [False]

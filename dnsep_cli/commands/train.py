@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -161,8 +162,6 @@ def train(
             typer.echo(f"grown from {init}: {len(new_keys)} new tensors start at their initialisation")
         trainer.ema.shadow = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     (out_dir / "train_config.json").write_text(json.dumps({"train": cfg.__dict__, "mix": mix.__dict__}, indent=2))
-
-    import sys
 
     if quiet:
         state = trainer.fit()
