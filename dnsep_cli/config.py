@@ -58,6 +58,9 @@ class SamplerConfig:
 
     ``t_start``: when set, the reverse process starts at ``t_start < T`` from the perturbed
     predictive estimate ``mean(x0_hat, y, t_start) + std(t_start) z`` (as StoRM), instead of the prior.
+    ``estimates``: the one-shot estimate ``x0_hat`` is the mean of this many ``D(x_T^k, y, T)`` over independent
+    prior draws ``x_T^k``. ``passes``: the whole reverse process runs this many times, each pass conditioned on
+    the previous pass's output (see ``dnsep_cli.model.enhance_spectrogram``).
     """
 
     sampler: str = "pc"  # "pc" | "ode"
@@ -69,6 +72,8 @@ class SamplerConfig:
     t_eps: float = 0.03
     denoise: bool = True
     t_start: float | None = None
+    estimates: int = 1
+    passes: int = 1
 
 
 @dataclass(frozen=True)

@@ -336,6 +336,11 @@ class Enhancer:
             f"--steps must be an integer >= 0 (0: the one-shot estimate alone), got {sm.steps}",
         )
         need(
+            int(sm.estimates) == sm.estimates and sm.estimates >= 1,
+            f"--estimates must be an integer >= 1, got {sm.estimates}",
+        )
+        need(int(sm.passes) == sm.passes and sm.passes >= 1, f"--passes must be an integer >= 1, got {sm.passes}")
+        need(
             int(sm.corrector_steps) == sm.corrector_steps and sm.corrector_steps >= 0,
             f"--corrector-steps must be an integer >= 0, got {sm.corrector_steps}",
         )

@@ -88,11 +88,21 @@ class ScoreModel(nn.Module):
 
         return data_from_score(self.sde, x, y, t, self.config.score_sign * out)
 
-    def one_shot(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def one_shot(self, y: torch.Tensor, generator: torch.Generator | None = None, estimates: int = 1) -> torch.Tensor:
         """``D(x_T, y, T)`` with ``x_T ~ N(y, std_T^2)`` from the prior: the network's estimate in one evaluation,
-        where the sampler starts (StoRM's predictive stage). ``y`` ``(B, M, F, T)`` complex -> likewise."""
-        t_T = torch.full((y.shape[0],), self.sde.T, device=y.device, dtype=y.real.dtype)
-        return self.data_estimate(self.sde.prior_sampling(y, generator=generator), y, t_T)
+        where the sampler starts (StoRM's predictive stage). ``y`` ``(B, M, F, T)`` complex -> likewise.
+
+        With ``estimates = K > 1``: ``(1/K) sum_k D(x_T^k, y, T)`` over ``K`` independent prior draws, one batched
+        evaluation of ``K B`` items. A data-predicting network trained on the prior approximates
+        ``E[x0 | x_T, y]``; averaging over ``x_T`` moves the estimate towards ``E[x0 | y]``, the minimum-MSE one,
+        with ``1/K`` of the draw-to-draw variance.
+        """
+        if estimates < 1:
+            raise ValueError(f"estimates must be >= 1, got {estimates}")
+        y_k = y.repeat(estimates, *([1] * (y.dim() - 1)))  # (K B, M, F, T): draw k is rows k B .. (k + 1) B - 1
+        t_T = torch.full((y_k.shape[0],), self.sde.T, device=y.device, dtype=y.real.dtype)
+        x0_k = self.data_estimate(self.sde.prior_sampling(y_k, generator=generator), y_k, t_T)
+        return x0_k.reshape(estimates, *y.shape).mean(dim=0)
 
     def score(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``grad_x log p_t(x | y)`` ``(B, M, F, T)`` complex: the ``score_fn`` of ``dnsep_cli.sampling``."""
@@ -185,12 +195,14 @@ class ScoreModel(nn.Module):
 
 
 def sampler_nfe(sampler: SamplerConfig) -> int:
-    """Score evaluations ``enhance_spectrogram`` makes per batch: 1 for ``steps == 0`` (the one-shot estimate
-    alone), else the sampler's own count plus 1 for a ``t_start`` start from the one-shot estimate."""
+    """Score evaluations ``enhance_spectrogram`` makes per chunk: per pass, ``estimates`` for ``steps == 0`` (the
+    one-shot estimate alone), else the sampler's own count plus ``estimates`` for a ``t_start`` start from the
+    one-shot estimate; times ``passes``. (The ``estimates`` evaluations of one one-shot estimate run as one batch.)
+    """
     from dnsep_cli.sampling import count_nfe
 
     if sampler.steps == 0:
-        return 1
+        return sampler.estimates * sampler.passes
     nfe = count_nfe(
         sampler.sampler,
         sampler.steps,
@@ -199,7 +211,7 @@ def sampler_nfe(sampler: SamplerConfig) -> int:
         sampler.corrector_steps,
         denoise=sampler.denoise,
     )
-    return nfe + int(sampler.t_start is not None)
+    return (nfe + sampler.estimates * int(sampler.t_start is not None)) * sampler.passes
 
 
 def enhance_spectrogram(
@@ -215,26 +227,78 @@ def enhance_spectrogram(
 
     ``y`` ``(B, M, F, T)`` complex -> ``(x_hat (B, M, F, T) complex, nfe)``. With ``sampler.t_start`` the
     process starts at ``t_start`` from ``mean(x0_hat, y, t_start) + std(t_start) z`` where ``x0_hat`` is the
-    model's one-shot estimate from the prior (StoRM, Lemercier et al. 2023): one extra score evaluation.
-    With ``sampler.steps == 0`` no reverse step runs: ``x_hat`` is that one-shot estimate ``D(x_T, y, T)``
-    itself (one evaluation), the predictive stage alone.
+    model's one-shot estimate from the prior (StoRM, Lemercier et al. 2023): ``sampler.estimates`` extra score
+    evaluations. With ``sampler.steps == 0`` no reverse step runs: ``x_hat`` is that one-shot estimate
+    ``D(x_T, y, T)`` itself, the predictive stage alone.
+
+    With ``sampler.passes = P > 1`` the output of pass ``p`` is the conditioner of pass ``p + 1``
+    (``y_{p+1} = x_hat_p``; iterative refinement): each pass removes part of the noise left by the one before.
+    A model with peak normalisation was trained on inputs of peak 1, so each later pass runs on its conditioner
+    scaled to the waveform peak of ``y`` (the first pass's input) and its output is scaled back.
     """
+    x_hat, nfe = _reverse_process(model, y, sampler, generator, postfilter, callback)
+    for _ in range(1, sampler.passes):
+        y_p, gain = _renormalized(model, x_hat, y)
+        x_p, nfe_p = _reverse_process(model, y_p, sampler, generator, postfilter, callback)
+        x_hat = _scaled(model, x_p, 1.0 / gain)
+        nfe += nfe_p
+    return x_hat, nfe
+
+
+def _waveform_length(model: ScoreModel, frames: int) -> int:
+    """The waveform length whose STFT has ``frames`` frames (``center=True``: ``1 + L // hop``)."""
+    hop = model.config.stft.hop_length
+    return (frames - 1) * hop if model.config.stft.center else (frames - 1) * hop + model.config.stft.n_fft
+
+
+def _renormalized(model: ScoreModel, x_hat: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x_hat`` ``(B, M, F, T)`` as a conditioner at ``y``'s waveform peak, and the gain ``(B,)`` applied.
+
+    The gain is at most 1000 (60 dB), so a near-silent estimate is not blown up to full scale.
+    """
+    if model.config.normalize != "peak":
+        return x_hat, torch.ones(x_hat.shape[0], device=x_hat.device, dtype=x_hat.real.dtype)
+    length = _waveform_length(model, x_hat.shape[-1])
+    wav_x = model.waveform(x_hat, length)  # (B, M, L)
+    peak_x = wav_x.abs().amax(dim=(1, 2))
+    peak_y = model.waveform(y, length).abs().amax(dim=(1, 2))
+    gain = peak_y / torch.maximum(peak_x, 1e-3 * peak_y).clamp_min(torch.finfo(peak_x.dtype).tiny)
+    return model.spectrogram(wav_x * gain[:, None, None]), gain
+
+
+def _scaled(model: ScoreModel, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """The compressed spectrogram of ``gain`` ``(B,)`` times ``x``'s waveform (the compression is not linear)."""
+    if model.config.normalize != "peak":
+        return x
+    length = _waveform_length(model, x.shape[-1])
+    return model.spectrogram(model.waveform(x, length) * gain[:, None, None])
+
+
+def _reverse_process(
+    model: ScoreModel,
+    y: torch.Tensor,
+    sampler: SamplerConfig,
+    generator: torch.Generator | None,
+    postfilter: bool,
+    callback: Callable[[int, int], None] | None,
+) -> tuple[torch.Tensor, int]:
+    """One pass of ``enhance_spectrogram``: the one-shot estimate or the reverse process, then the post-filter."""
     from dnsep_cli.sampling import SAMPLERS
 
     if sampler.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler.sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
     if sampler.steps == 0:
-        x0_hat = model.one_shot(y, generator)
-        return (model.apply_postfilter(x0_hat, y) if postfilter else x0_hat), 1
+        x0_hat = model.one_shot(y, generator, sampler.estimates)
+        return (model.apply_postfilter(x0_hat, y) if postfilter else x0_hat), sampler.estimates
     sde = model.sde
     x_start, extra_nfe = None, 0
     if sampler.t_start is not None:
-        x0_hat = model.one_shot(y, generator)
+        x0_hat = model.one_shot(y, generator, sampler.estimates)
         t_s = torch.full((y.shape[0],), sampler.t_start, device=y.device, dtype=y.real.dtype)
         mean, std = sde.marginal_prob(x0_hat, y, t_s)
         z = torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=generator)
         x_start = mean + std.reshape(-1, *([1] * (y.dim() - 1))) * z
-        extra_nfe = 1
+        extra_nfe = sampler.estimates
     options: dict = {
         "steps": sampler.steps,
         "t_eps": sampler.t_eps,

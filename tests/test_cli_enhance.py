@@ -163,6 +163,8 @@ def test_usage_errors_exit_2(model_dir: Path, tmp_path: Path, capsys) -> None:
         (["--threads", "0"], "--threads"),
         (["--t-start", "-0.5"], "--t-start must be >= 0"),
         (["--t-start", "3"], "t_start must be in"),
+        (["--estimates", "0"], "--estimates must be an integer >= 1"),
+        (["--passes", "0"], "--passes must be an integer >= 1"),
     ]:
         code, _, err = run_cli(base + extra, capsys)
         assert code == 2, (extra, err)

@@ -312,6 +312,8 @@ def test_options_out_of_range_are_usage_errors(quiet_gate: Enhancer) -> None:
         ({"chunk_seconds": 0}, "--chunk-seconds"),
         ({"chunk_seconds": 0.02}, "too short"),
         ({"atten_lim_db": float("nan")}, "--atten-lim-db"),
+        ({"estimates": 0}, "--estimates must be"),
+        ({"passes": 1.5}, "--passes must be"),
         ({"bogus": 1}, "unknown enhancement option"),
     ]:
         with pytest.raises(UsageError, match=match):

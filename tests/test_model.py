@@ -311,3 +311,97 @@ def test_saved_model_files_follow_the_umask(tmp_path, umask):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
     assert modes == dict.fromkeys(("config.json", WEIGHTS_FILE, "MODEL_CARD.md"), 0o666 & ~umask)
+
+
+def _perturbed_model(seed: int) -> ScoreModel:
+    """The tiny model with its weights moved off their identity initialisation, so its estimate depends on x_T."""
+    torch.manual_seed(seed)
+    model = ScoreModel(tiny_model_config()).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_one_shot_with_estimates_is_the_mean_over_distinct_prior_draws():
+    model = _perturbed_model(11)
+    _, y = _spectra(model, batch=2)
+    calls = _record_evaluations(model)
+    with torch.no_grad():
+        x0_hat = model.one_shot(y, torch.Generator().manual_seed(4), estimates=3)
+        x_T, t = calls[0]
+        assert len(calls) == 1 and x_T.shape == (6, *y.shape[1:])  # one batched evaluation of 3 x 2 items
+        assert torch.all(t == model.sde.T)
+        draws = x_T.reshape(3, *y.shape)
+        assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+        singles = [model.data_estimate(d, y, t[:2]) for d in draws]
+        assert torch.allclose(x0_hat, sum(singles) / 3, atol=1e-6)
+        # estimates=1 is the plain one-shot estimate on the first draw of the same seed
+        one = model.one_shot(y, torch.Generator().manual_seed(4))
+        assert torch.equal(calls[-1][0], model.sde.prior_sampling(y, generator=torch.Generator().manual_seed(4)))
+        assert torch.allclose(one, model.data_estimate(calls[-1][0], y, t[:2]), atol=1e-6)
+    with pytest.raises(ValueError, match="estimates"):
+        model.one_shot(y, estimates=0)
+
+
+def test_more_estimates_reduce_the_draw_to_draw_variance():
+    model = _perturbed_model(12)
+    _, y = _spectra(model, batch=1)
+
+    def spread(estimates: int) -> float:
+        with torch.no_grad():
+            runs = torch.stack([model.one_shot(y, torch.Generator().manual_seed(s), estimates) for s in range(8)])
+        return float((runs - runs.mean(0)).abs().pow(2).mean())
+
+    one, sixteen = spread(1), spread(16)
+    assert one > 0
+    assert sixteen < one / 8  # 1/16 in expectation
+
+
+class _Scaling(torch.nn.Module):
+    """A stand-in backbone whose estimate is ``c y`` in the compressed domain, whatever ``x`` and ``t``."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.c * y
+
+
+@pytest.mark.parametrize("passes", [1, 2, 3])
+def test_passes_compose_the_model_with_itself_at_the_right_level(passes):
+    """A model that scales by c, run P times on its own output, scales by c^P: each later pass sees its
+    conditioner at y's peak, and its output is brought back to the level it came in at."""
+    from dnsep_cli.config import SamplerConfig
+    from dnsep_cli.model import sampler_nfe
+
+    model = ScoreModel(tiny_model_config(output="data")).eval()
+    model.backbone = _Scaling(0.5)
+    y, _ = _spectra(model, batch=2, seconds=0.6)  # a consistent spectrogram: the STFT round trip is exact
+    seen: list[torch.Tensor] = []
+    raw = model._raw
+    model._raw = lambda x, y_, t: seen.append(y_.clone()) or raw(x, y_, t)
+    config = SamplerConfig(steps=0, estimates=2, passes=passes)
+    with torch.no_grad():
+        x_hat, nfe = enhance_spectrogram(model, y, config, postfilter=False)
+        peak = lambda s: model.waveform(s, model.config.stft.hop_length * (s.shape[-1] - 1)).abs().amax(dim=(1, 2))  # noqa: E731
+        assert torch.allclose(x_hat, 0.5**passes * y, atol=1e-4)
+        for y_p in seen[1:]:  # the conditioner of each later pass is at y's waveform peak
+            assert torch.allclose(peak(y_p[:2]), peak(y), rtol=1e-4)
+    assert nfe == sampler_nfe(config) == 2 * passes and len(seen) == passes
+
+
+def test_a_near_silent_estimate_is_raised_by_at_most_60_db():
+    from dnsep_cli.config import SamplerConfig
+
+    model = ScoreModel(tiny_model_config(output="data")).eval()
+    model.backbone = _Scaling(1e-4)  # compressed 1e-4 is -160 dB in the waveform (alpha 0.5)
+    y, _ = _spectra(model, batch=1, seconds=0.6)
+    seen: list[torch.Tensor] = []
+    raw = model._raw
+    model._raw = lambda x, y_, t: seen.append(y_.clone()) or raw(x, y_, t)
+    with torch.no_grad():
+        enhance_spectrogram(model, y, SamplerConfig(steps=0, passes=2), postfilter=False)
+        peak = lambda s: model.waveform(s, model.config.stft.hop_length * (s.shape[-1] - 1)).abs().amax()  # noqa: E731
+        assert float(peak(seen[1]) / peak(y)) == pytest.approx(1e-8 * 1e3, rel=1e-3)

@@ -137,6 +137,17 @@ def enhance(
         "--t-start",
         help="Start the reverse process at this t from the model's one-shot estimate (StoRM); 0: from the prior.",
     ),
+    estimates: int | None = typer.Option(
+        None,
+        "--estimates",
+        help="Average the one-shot estimate over this many prior draws (default: the model's; costs as many"
+        " score evaluations).",
+    ),
+    passes: int | None = typer.Option(
+        None,
+        "--passes",
+        help="Run the model this many times, each pass on the previous one's output (default: the model's).",
+    ),
     quality: bool = typer.Option(
         False,
         "--quality",
@@ -189,6 +200,8 @@ def enhance(
         "corrector_steps": corrector_steps,
         "t_eps": t_eps,
         "t_start": t_start,
+        "estimates": estimates,
+        "passes": passes,
         "chunk_seconds": chunk_seconds,
         "batch_size": batch_size,
         "atten_lim_db": atten_lim_db,

@@ -171,6 +171,8 @@ def _print_tables(info: dict[str, Any]) -> None:
     if sm["steps"] == 0:
         # no reverse step runs, so the sampler's other settings do not apply
         sampler_rows = [("steps", "0: the one-shot estimate D(y + std(T) z, y, T)")]
+        if sm["estimates"] > 1:
+            sampler_rows += [("estimates", f"{sm['estimates']}: its mean over as many prior draws z")]
     else:
         sampler_rows = [("sampler", sm["sampler"]), ("steps", sm["steps"])]
         if sm["sampler"] == "pc":
@@ -179,6 +181,10 @@ def _print_tables(info: dict[str, Any]) -> None:
                 ("corrector", f"{sm['corrector']} x {sm['corrector_steps']}, snr {sm['snr']:g}"),
             ]
         sampler_rows += [("t_start", sm["t_start"]), ("denoise", sm["denoise"])]
+        if sm["t_start"] is not None:
+            sampler_rows += [("estimates", sm["estimates"])]
+    if sm["passes"] > 1:
+        sampler_rows += [("passes", f"{sm['passes']}: each pass on the previous pass's output")]
     sampler_rows += [("score evaluations", sm["nfe"])]
     table("Sampler defaults", sampler_rows)
     pf = info["postfilter"]
