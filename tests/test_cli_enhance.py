@@ -292,3 +292,23 @@ def test_zero_steps_runs_the_one_shot_estimate(model_dir: Path, tmp_path: Path, 
     expected = Enhancer.from_pretrained(model_dir, device="cpu").enhance(x[:, 0], 16_000, seed=4, steps=0)
     np.testing.assert_allclose(written, expected, atol=1e-4)  # the file is PCM_16
     assert not np.allclose(written, x[:, 0], atol=1e-3)
+
+
+def test_estimates_and_passes_reach_the_sampler(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """--estimates K --passes P: K x P score evaluations per chunk, the same audio as the library's path."""
+    from dnsep_cli.enhance import Enhancer
+
+    x = _signal(0.4)
+    sf.write(tmp_path / "in.wav", x, 16_000)
+    argv = ["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", model_dir, "--steps", "0", "--seed", "2"]
+    code, out, err = run_cli([*argv, "--estimates", "3", "--passes", "2", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    sampler = report["settings"]["sampler"]
+    assert (sampler["estimates"], sampler["passes"], report["settings"]["nfe_per_chunk"]) == (3, 2, 6)
+    written, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    enhancer = Enhancer.from_pretrained(model_dir, device="cpu")
+    expected = enhancer.enhance(x[:, 0], 16_000, seed=2, steps=0, estimates=3, passes=2)
+    np.testing.assert_allclose(written, expected, atol=1e-4)
+    once = enhancer.enhance(x[:, 0], 16_000, seed=2, steps=0)
+    assert not np.allclose(expected, once, atol=1e-3)  # the second pass changed the audio
