@@ -328,22 +328,16 @@ class Enhancer:
             if not ok:
                 raise UsageError(message)
 
+        def need_whole(option: str, value: float, least: int, note: str = "") -> None:
+            need(int(value) == value and value >= least, f"{option} must be an integer >= {least}{note}, got {value}")
+
         need(sm.sampler in SAMPLERS, f"unknown sampler {sm.sampler!r}: use {', '.join(SAMPLERS)}")
         need(sm.predictor in PREDICTORS, f"unknown predictor {sm.predictor!r}: use {', '.join(PREDICTORS)}")
         need(sm.corrector in CORRECTORS, f"unknown corrector {sm.corrector!r}: use {', '.join(CORRECTORS)}")
-        need(
-            int(sm.steps) == sm.steps and sm.steps >= 0,
-            f"--steps must be an integer >= 0 (0: the one-shot estimate alone), got {sm.steps}",
-        )
-        need(
-            int(sm.estimates) == sm.estimates and sm.estimates >= 1,
-            f"--estimates must be an integer >= 1, got {sm.estimates}",
-        )
-        need(int(sm.passes) == sm.passes and sm.passes >= 1, f"--passes must be an integer >= 1, got {sm.passes}")
-        need(
-            int(sm.corrector_steps) == sm.corrector_steps and sm.corrector_steps >= 0,
-            f"--corrector-steps must be an integer >= 0, got {sm.corrector_steps}",
-        )
+        need_whole("--steps", sm.steps, 0, " (0: the one-shot estimate alone)")
+        need_whole("--estimates", sm.estimates, 1)
+        need_whole("--passes", sm.passes, 1)
+        need_whole("--corrector-steps", sm.corrector_steps, 0)
         need(math.isfinite(sm.snr) and sm.snr > 0, f"--snr must be > 0, got {sm.snr}")
         need(0 < sm.t_eps < sde.T, f"--t-eps must be in (0, {sde.T:g}), got {sm.t_eps}")
         if sm.t_start is not None:

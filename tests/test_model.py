@@ -18,12 +18,18 @@ def _spectra(model: ScoreModel, batch: int = 2, channels: int = 1, seconds: floa
     return x0, y
 
 
-def test_save_then_load_gives_identical_outputs(tmp_path):
-    torch.manual_seed(0)
+def _perturbed_model(seed: int) -> ScoreModel:
+    """The tiny model with its weights moved off their identity initialisation, so its estimate depends on x_T."""
+    torch.manual_seed(seed)
     model = ScoreModel(tiny_model_config()).eval()
-    with torch.no_grad():  # move the weights away from their identity initialisation
+    with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_save_then_load_gives_identical_outputs(tmp_path):
+    model = _perturbed_model(0)
     x0, y = _spectra(model)
     t = torch.tensor([0.3, 0.8])
     model.save_pretrained(tmp_path, card="# tiny\n")
@@ -145,13 +151,13 @@ def test_gradients_reach_every_parameter():
     assert missing == []
 
 
-def _record_evaluations(model: ScoreModel) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Wrap the network's forward pass so each real evaluation appends its ``(x, t)``; returns that list."""
-    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+def _record_evaluations(model: ScoreModel) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Wrap the network's forward pass so each real evaluation appends its ``(x, t, y)``; returns that list."""
+    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     raw = model._raw
 
     def recording(x, y, t):
-        calls.append((x.clone(), t.clone()))
+        calls.append((x.clone(), t.clone(), y.clone()))
         return raw(x, y, t)
 
     model._raw = recording
@@ -267,7 +273,7 @@ def test_zero_steps_is_the_one_shot_estimate_alone(postfilter):
         x0_hat = model.one_shot(y, torch.Generator().manual_seed(9))
         expected = model.apply_postfilter(x0_hat, y) if postfilter else x0_hat
     assert nfe == 1 and len(calls) == 2  # one for enhance_spectrogram, one for the reference
-    x_T, t = calls[0]
+    x_T, t, _ = calls[0]
     assert torch.all(t == model.sde.T)  # evaluated at T, whatever t_start says
     assert torch.equal(x_T, calls[1][0])  # on the same prior draw y + std(T) z as one_shot
     assert torch.equal(x_hat, expected)
@@ -313,23 +319,13 @@ def test_saved_model_files_follow_the_umask(tmp_path, umask):
     assert modes == dict.fromkeys(("config.json", WEIGHTS_FILE, "MODEL_CARD.md"), 0o666 & ~umask)
 
 
-def _perturbed_model(seed: int) -> ScoreModel:
-    """The tiny model with its weights moved off their identity initialisation, so its estimate depends on x_T."""
-    torch.manual_seed(seed)
-    model = ScoreModel(tiny_model_config()).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
-
-
 def test_one_shot_with_estimates_is_the_mean_over_distinct_prior_draws():
     model = _perturbed_model(11)
     _, y = _spectra(model, batch=2)
     calls = _record_evaluations(model)
     with torch.no_grad():
         x0_hat = model.one_shot(y, torch.Generator().manual_seed(4), estimates=3)
-        x_T, t = calls[0]
+        x_T, t, _ = calls[0]
         assert len(calls) == 1 and x_T.shape == (6, *y.shape[1:])  # one batched evaluation of 3 x 2 items
         assert torch.all(t == model.sde.T)
         draws = x_T.reshape(3, *y.shape)
@@ -358,6 +354,11 @@ def test_more_estimates_reduce_the_draw_to_draw_variance():
     assert sixteen < one / 8  # 1/16 in expectation
 
 
+def _waveform_peak(model: ScoreModel, spec: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` peak of the waveform of a ``(B, M, F, T)`` spectrogram of ``1 + L // hop`` frames."""
+    return model.waveform(spec, model.config.stft.hop_length * (spec.shape[-1] - 1)).abs().amax(dim=(1, 2))
+
+
 class _Scaling(torch.nn.Module):
     """A stand-in backbone whose estimate is ``c y`` in the compressed domain, whatever ``x`` and ``t``."""
 
@@ -379,17 +380,14 @@ def test_passes_compose_the_model_with_itself_at_the_right_level(passes):
     model = ScoreModel(tiny_model_config(output="data")).eval()
     model.backbone = _Scaling(0.5)
     y, _ = _spectra(model, batch=2, seconds=0.6)  # a consistent spectrogram: the STFT round trip is exact
-    seen: list[torch.Tensor] = []
-    raw = model._raw
-    model._raw = lambda x, y_, t: seen.append(y_.clone()) or raw(x, y_, t)
+    calls = _record_evaluations(model)
     config = SamplerConfig(steps=0, estimates=2, passes=passes)
     with torch.no_grad():
         x_hat, nfe = enhance_spectrogram(model, y, config, postfilter=False)
-        peak = lambda s: model.waveform(s, model.config.stft.hop_length * (s.shape[-1] - 1)).abs().amax(dim=(1, 2))  # noqa: E731
         assert torch.allclose(x_hat, 0.5**passes * y, atol=1e-4)
-        for y_p in seen[1:]:  # the conditioner of each later pass is at y's waveform peak
-            assert torch.allclose(peak(y_p[:2]), peak(y), rtol=1e-4)
-    assert nfe == sampler_nfe(config) == 2 * passes and len(seen) == passes
+        for _, _, y_p in calls[1:]:  # the conditioner of each later pass is at y's waveform peak
+            assert torch.allclose(_waveform_peak(model, y_p[:2]), _waveform_peak(model, y), rtol=1e-4)
+    assert nfe == sampler_nfe(config) == 2 * passes and len(calls) == passes
 
 
 def test_a_near_silent_estimate_is_raised_by_at_most_60_db():
@@ -398,10 +396,8 @@ def test_a_near_silent_estimate_is_raised_by_at_most_60_db():
     model = ScoreModel(tiny_model_config(output="data")).eval()
     model.backbone = _Scaling(1e-4)  # compressed 1e-4 is -160 dB in the waveform (alpha 0.5)
     y, _ = _spectra(model, batch=1, seconds=0.6)
-    seen: list[torch.Tensor] = []
-    raw = model._raw
-    model._raw = lambda x, y_, t: seen.append(y_.clone()) or raw(x, y_, t)
+    calls = _record_evaluations(model)
     with torch.no_grad():
         enhance_spectrogram(model, y, SamplerConfig(steps=0, passes=2), postfilter=False)
-        peak = lambda s: model.waveform(s, model.config.stft.hop_length * (s.shape[-1] - 1)).abs().amax()  # noqa: E731
-        assert float(peak(seen[1]) / peak(y)) == pytest.approx(1e-8 * 1e3, rel=1e-3)
+        ratio = _waveform_peak(model, calls[1][2]) / _waveform_peak(model, y)
+    assert float(ratio) == pytest.approx(1e-8 * 1e3, rel=1e-3)
