@@ -238,9 +238,9 @@ def enhance_spectrogram(
     """
     x_hat, nfe = _reverse_process(model, y, sampler, generator, postfilter, callback)
     for _ in range(1, sampler.passes):
-        y_p, gain = _renormalized(model, x_hat, y)
+        y_p, gain = renormalized(model, x_hat, y)
         x_p, nfe_p = _reverse_process(model, y_p, sampler, generator, postfilter, callback)
-        x_hat = _scaled(model, x_p, 1.0 / gain)
+        x_hat = scaled(model, x_p, 1.0 / gain)
         nfe += nfe_p
     return x_hat, nfe
 
@@ -251,7 +251,7 @@ def _waveform_length(model: ScoreModel, frames: int) -> int:
     return (frames - 1) * hop if model.config.stft.center else (frames - 1) * hop + model.config.stft.n_fft
 
 
-def _renormalized(model: ScoreModel, x_hat: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def renormalized(model: ScoreModel, x_hat: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x_hat`` ``(B, M, F, T)`` as a conditioner at ``y``'s waveform peak, and the gain ``(B,)`` applied.
 
     The gain is at most 1000 (60 dB), so a near-silent estimate is not blown up to full scale.
@@ -266,7 +266,7 @@ def _renormalized(model: ScoreModel, x_hat: torch.Tensor, y: torch.Tensor) -> tu
     return model.spectrogram(wav_x * gain[:, None, None]), gain
 
 
-def _scaled(model: ScoreModel, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+def scaled(model: ScoreModel, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """The compressed spectrogram of ``gain`` ``(B,)`` times ``x``'s waveform (the compression is not linear)."""
     if model.config.normalize != "peak":
         return x

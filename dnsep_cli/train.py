@@ -46,7 +46,7 @@ from dnsep_cli.config import (
     TransformConfig,
 )
 from dnsep_cli.ddpm import LossSecondMomentSampler
-from dnsep_cli.model import ScoreModel, enhance_spectrogram
+from dnsep_cli.model import ScoreModel, enhance_spectrogram, renormalized, scaled
 from dnsep_cli.score_matching import perturb
 
 STATE_FILE = "state.pt"
@@ -107,6 +107,13 @@ class TrainConfig:
     # share of each batch trained on the one-shot estimate from the prior (prior_loss) rather than on the
     # SDE's marginal at an importance-sampled t
     p_prior: float = 0.25
+    # share of each batch trained on the second pass (refinement_loss): the one-shot estimate conditioned on
+    # the model's own first-pass output, as the sampler's passes > 1 run it; taken besides p_prior
+    p_refine: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.p_prior <= 1 and 0 <= self.p_refine <= 1 and self.p_prior + self.p_refine <= 1):
+            raise ValueError(f"p_prior {self.p_prior} and p_refine {self.p_refine} must be shares summing to <= 1")
 
 
 def spectrum_loss(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -191,6 +198,31 @@ def prior_loss(
     x0_hat = model.one_shot(y, generator)
     loss = spectrum_loss(x0_hat, x0)
     return loss, _postfilter_loss(model, x0_hat, x0, y, loss, postfilter_weight)
+
+
+def refinement_loss(
+    model: ScoreModel,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator | None,
+    postfilter_weight: float = 1.0,
+    estimates: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example losses ``(B,)`` of the second pass: ``prior_loss`` with the conditioner ``y_2 = g x_hat_1``.
+
+    ``x_hat_1`` is the model's own first pass (the one-shot estimate over ``estimates`` prior draws, then the
+    post-filter), computed without gradient and raised by ``g`` to ``y``'s waveform peak exactly as
+    ``enhance_spectrogram`` does for ``passes > 1``; the target is ``g x0``. Trained only on noisy mixtures,
+    the network meets in its second pass an input it never saw: less noise, and its own distortions of the
+    speech. Here it learns to refine that input rather than to suppress it further.
+    """
+    if x0.shape[0] == 0:  # nothing to refine (the iSTFT refuses an empty batch)
+        return prior_loss(model, x0, y, generator, postfilter_weight)
+    with torch.no_grad():
+        x_hat_1 = model.apply_postfilter(model.one_shot(y, generator, estimates), y)
+        y_2, gain = renormalized(model, x_hat_1, y)
+        target = scaled(model, x0, gain)
+    return prior_loss(model, target, y_2, generator, postfilter_weight)
 
 
 def load_init_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -323,14 +355,20 @@ class Trainer:
         batch = self.train_batches(cfg.batch_size, self.np_rng)
         clean, noisy = batch["clean"].to(self.device), batch["noisy"].to(self.device)
         x0, y = prepare_batch(model, clean, noisy)
-        # the first n_prior examples train the one-shot estimate from the prior, the rest the diffusion
-        n_prior = round(cfg.p_prior * x0.shape[0])
-        idx, weights = self.t_sampler.sample(x0.shape[0] - n_prior, generator=self.torch_rng)
+        # the first n_refine examples train the second pass, the next n_prior the one-shot estimate from the
+        # prior, the rest the diffusion
+        n_refine = round(cfg.p_refine * x0.shape[0])
+        n_prior = min(round(cfg.p_prior * x0.shape[0]), x0.shape[0] - n_refine)
+        n_one_shot = n_refine + n_prior
+        idx, weights = self.t_sampler.sample(x0.shape[0] - n_one_shot, generator=self.torch_rng)
         t = self.t_grid[idx].to(self.device)
         z_gen = self.torch_rng if self.device.type == "cpu" else None
+        w = cfg.postfilter_weight
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss, pf_loss = training_loss(model, x0[n_prior:], y[n_prior:], t, z_gen, cfg.postfilter_weight)
-            one_shot, pf_one_shot = prior_loss(model, x0[:n_prior], y[:n_prior], z_gen, cfg.postfilter_weight)
+            loss, pf_loss = training_loss(model, x0[n_one_shot:], y[n_one_shot:], t, z_gen, w)
+            refined = refinement_loss(model, x0[:n_refine], y[:n_refine], z_gen, w, model.config.sampler.estimates)
+            first = prior_loss(model, x0[n_refine:n_one_shot], y[n_refine:n_one_shot], z_gen, w)
+            one_shot, pf_one_shot = (torch.cat([a, b]) for a, b in zip(refined, first, strict=True))
         self.t_sampler.update(idx, loss.detach().float())
         total = ((weights.to(self.device) * loss).sum() + one_shot.sum()) / x0.shape[0]
         total = total + (pf_loss.sum() + pf_one_shot.sum()) / x0.shape[0]

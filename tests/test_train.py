@@ -24,6 +24,7 @@ from dnsep_cli.train import (
     lr_at,
     prepare_batch,
     prior_loss,
+    refinement_loss,
     spectrum_loss,
     training_loss,
 )
@@ -108,15 +109,70 @@ def test_training_the_prior_loss_improves_the_one_shot_estimate():
     assert last < 0.7 * first, (first, last)
 
 
-@pytest.mark.parametrize("p_prior,n_diffusion", [(0.0, 4), (0.5, 2), (1.0, 0)])
-def test_a_step_splits_the_batch_between_prior_and_diffusion(tmp_path, p_prior, n_diffusion):
+class _Scaling(torch.nn.Module):
+    """A stand-in backbone whose estimate is ``c y`` in the compressed domain, whatever ``x`` and ``t``."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.c * y
+
+
+def test_refinement_loss_scores_the_second_pass_on_the_first_passs_output():
+    """A network that halves the compressed spectrum quarters the waveform: its first pass is raised by 4 to
+    y's peak (the conditioner is y again), the target by the same 4 (2 x0 compressed, alpha 0.5), and the
+    second pass's estimate is 0.5 y."""
+    model = ScoreModel(tiny_model_config()).eval()
+    model.backbone = _Scaling(0.5)
+    batch = synthetic_batches(3, np.random.default_rng(2))
+    length = 31 * model.config.stft.hop_length  # a whole number of hops: the STFT round trip is exact
+    x0, y = prepare_batch(model, batch["clean"][..., :length], batch["noisy"][..., :length])
+    conditioners: list[torch.Tensor] = []
+    raw = model._raw
+    model._raw = lambda x, y_c, t: conditioners.append(y_c) or raw(x, y_c, t)
+    loss, pf = refinement_loss(model, x0, y, torch.Generator().manual_seed(0), estimates=2)
+    assert [c.shape[0] for c in conditioners] == [6, 3]  # 2 prior draws of the first pass, then the second
+    assert torch.allclose(conditioners[1], y, atol=1e-4)
+    assert torch.allclose(loss, spectrum_loss(0.5 * y, 2 * x0), rtol=1e-3)
+    assert torch.allclose(pf, loss, rtol=1e-3)  # the untrained post-filter is the identity
+
+
+def test_training_the_refinement_loss_improves_the_second_pass():
+    torch.manual_seed(0)
+    model = ScoreModel(tiny_model_config())
+    batch = synthetic_batches(4, np.random.default_rng(0))
+    x0, y = prepare_batch(model, batch["clean"], batch["noisy"])
+
+    def loss_now(seed: int) -> torch.Tensor:
+        return sum(part.mean() for part in refinement_loss(model, x0, y, torch.Generator().manual_seed(seed)))
+
+    first, last = _loss_after_training(model, loss_now)
+    assert last < 0.7 * first, (first, last)
+
+
+@pytest.mark.parametrize(
+    "p_prior,p_refine,n_diffusion", [(0.0, 0.0, 4), (0.5, 0.0, 2), (1.0, 0.0, 0), (0.25, 0.5, 1), (0.0, 1.0, 0)]
+)
+def test_a_step_splits_the_batch_between_refinement_prior_and_diffusion(tmp_path, p_prior, p_refine, n_diffusion):
     """Only the diffusion examples reach the importance sampler of t; every share trains and stays finite."""
-    trainer = Trainer(_config(tmp_path, batch_size=4, p_prior=p_prior), tiny_model_config(), synthetic_batches)
+    config = _config(tmp_path, batch_size=4, p_prior=p_prior, p_refine=p_refine)
+    trainer = Trainer(config, tiny_model_config(), synthetic_batches)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     stats = trainer.step()
     assert math.isfinite(stats["loss"]) and stats["loss"] > 0
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert int(trainer.t_sampler.count.sum()) == n_diffusion
+
+
+def test_the_shares_of_a_batch_cannot_exceed_it(tmp_path, capsys):
+    with pytest.raises(ValueError, match="summing to <= 1"):
+        _config(tmp_path, p_prior=0.6, p_refine=0.5)
+    shares = ["--p-prior", "0.6", "--p-refine", "0.5"]
+    assert run_cli(["train", str(tmp_path / "run"), "--pairs", str(tmp_path), *shares]) == 2
+    err = capsys.readouterr().err
+    assert "exceeds 1" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path):

@@ -46,6 +46,13 @@ def train(
     p_prior: float = typer.Option(
         0.25, min=0, max=1, help="Share of each batch trained on the one-shot estimate from the prior (x_T ~ y)."
     ),
+    p_refine: float = typer.Option(
+        0.0,
+        min=0,
+        max=1,
+        help="Share of each batch trained on the second pass (conditioned on the model's own first-pass output), "
+        "besides --p-prior; for models run with passes > 1.",
+    ),
     snr_low: float = typer.Option(-5.0, help="Lowest training SNR in dB."),
     snr_high: float = typer.Option(20.0, help="Highest training SNR in dB."),
     p_reverb: float = typer.Option(0.2, min=0, max=1),
@@ -66,6 +73,8 @@ def train(
     from dnsep_cli import data
     from dnsep_cli.train import TrainConfig, Trainer, base_model_config
 
+    if p_prior + p_refine > 1:
+        raise UsageError(f"--p-prior {p_prior} and --p-refine {p_refine} are shares of one batch: their sum exceeds 1")
     if output not in ("data", "score", "v"):
         raise UsageError(f"--output must be data, score or v, got {output!r}")
     sources = [corpus is not None, speech is not None or noise is not None, pairs is not None]
@@ -141,6 +150,7 @@ def train(
         seed=seed,
         device=device,
         p_prior=p_prior,
+        p_refine=p_refine,
     )
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if device.startswith("cuda"):
