@@ -44,3 +44,14 @@ def voiced_signal(seconds: float, sr: int = 16000, f0: float = 140.0, seed: int 
 @pytest.fixture
 def torch_seed() -> None:
     torch.manual_seed(0)
+
+
+class ScalingBackbone(torch.nn.Module):
+    """A stand-in backbone whose estimate is ``c y`` in the compressed domain, whatever ``x`` and ``t``."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.c * y

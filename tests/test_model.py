@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model_config, voiced_signal
+from conftest import ScalingBackbone, tiny_model_config, voiced_signal
 
 from dnsep_cli.backbones import build_backbone
 from dnsep_cli.config import WEIGHTS_FILE
@@ -359,17 +359,6 @@ def _waveform_peak(model: ScoreModel, spec: torch.Tensor) -> torch.Tensor:
     return model.waveform(spec, model.config.stft.hop_length * (spec.shape[-1] - 1)).abs().amax(dim=(1, 2))
 
 
-class _Scaling(torch.nn.Module):
-    """A stand-in backbone whose estimate is ``c y`` in the compressed domain, whatever ``x`` and ``t``."""
-
-    def __init__(self, c: float) -> None:
-        super().__init__()
-        self.c = c
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.c * y
-
-
 @pytest.mark.parametrize("passes", [1, 2, 3])
 def test_passes_compose_the_model_with_itself_at_the_right_level(passes):
     """A model that scales by c, run P times on its own output, scales by c^P: each later pass sees its
@@ -378,7 +367,7 @@ def test_passes_compose_the_model_with_itself_at_the_right_level(passes):
     from dnsep_cli.model import sampler_nfe
 
     model = ScoreModel(tiny_model_config(output="data")).eval()
-    model.backbone = _Scaling(0.5)
+    model.backbone = ScalingBackbone(0.5)
     y, _ = _spectra(model, batch=2, seconds=0.6)  # a consistent spectrogram: the STFT round trip is exact
     calls = _record_evaluations(model)
     config = SamplerConfig(steps=0, estimates=2, passes=passes)
@@ -394,7 +383,7 @@ def test_a_near_silent_estimate_is_raised_by_at_most_60_db():
     from dnsep_cli.config import SamplerConfig
 
     model = ScoreModel(tiny_model_config(output="data")).eval()
-    model.backbone = _Scaling(1e-4)  # compressed 1e-4 is -160 dB in the waveform (alpha 0.5)
+    model.backbone = ScalingBackbone(1e-4)  # compressed 1e-4 is -160 dB in the waveform (alpha 0.5)
     y, _ = _spectra(model, batch=1, seconds=0.6)
     calls = _record_evaluations(model)
     with torch.no_grad():

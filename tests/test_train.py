@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_model_config, voiced_signal
+from conftest import ScalingBackbone, tiny_model_config, voiced_signal
 
 from dnsep_cli.cli import main
 from dnsep_cli.model import ScoreModel
@@ -96,36 +96,12 @@ def test_prior_loss_scores_the_one_shot_estimate_from_the_prior():
     assert torch.allclose(pf, loss, rtol=1e-4)  # the untrained post-filter is the identity
 
 
-def test_training_the_prior_loss_improves_the_one_shot_estimate():
-    torch.manual_seed(0)
-    model = ScoreModel(tiny_model_config())
-    batch = synthetic_batches(4, np.random.default_rng(0))
-    x0, y = prepare_batch(model, batch["clean"], batch["noisy"])
-
-    def loss_now(seed: int) -> torch.Tensor:
-        return sum(part.mean() for part in prior_loss(model, x0, y, torch.Generator().manual_seed(seed)))
-
-    first, last = _loss_after_training(model, loss_now)
-    assert last < 0.7 * first, (first, last)
-
-
-class _Scaling(torch.nn.Module):
-    """A stand-in backbone whose estimate is ``c y`` in the compressed domain, whatever ``x`` and ``t``."""
-
-    def __init__(self, c: float) -> None:
-        super().__init__()
-        self.c = c
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.c * y
-
-
 def test_refinement_loss_scores_the_second_pass_on_the_first_passs_output():
     """A network that halves the compressed spectrum quarters the waveform: its first pass is raised by 4 to
     y's peak (the conditioner is y again), the target by the same 4 (2 x0 compressed, alpha 0.5), and the
     second pass's estimate is 0.5 y."""
     model = ScoreModel(tiny_model_config()).eval()
-    model.backbone = _Scaling(0.5)
+    model.backbone = ScalingBackbone(0.5)
     batch = synthetic_batches(3, np.random.default_rng(2))
     length = 31 * model.config.stft.hop_length  # a whole number of hops: the STFT round trip is exact
     x0, y = prepare_batch(model, batch["clean"][..., :length], batch["noisy"][..., :length])
@@ -139,14 +115,16 @@ def test_refinement_loss_scores_the_second_pass_on_the_first_passs_output():
     assert torch.allclose(pf, loss, rtol=1e-3)  # the untrained post-filter is the identity
 
 
-def test_training_the_refinement_loss_improves_the_second_pass():
+@pytest.mark.parametrize("one_shot_loss", [prior_loss, refinement_loss])
+def test_training_a_one_shot_loss_improves_its_estimate(one_shot_loss):
+    """prior_loss trains the first pass's one-shot estimate, refinement_loss the second pass's."""
     torch.manual_seed(0)
     model = ScoreModel(tiny_model_config())
     batch = synthetic_batches(4, np.random.default_rng(0))
     x0, y = prepare_batch(model, batch["clean"], batch["noisy"])
 
     def loss_now(seed: int) -> torch.Tensor:
-        return sum(part.mean() for part in refinement_loss(model, x0, y, torch.Generator().manual_seed(seed)))
+        return sum(part.mean() for part in one_shot_loss(model, x0, y, torch.Generator().manual_seed(seed)))
 
     first, last = _loss_after_training(model, loss_now)
     assert last < 0.7 * first, (first, last)
