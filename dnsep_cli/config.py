@@ -1,7 +1,7 @@
 """A model's configuration: plain data, saved as ``config.json`` beside the weights.
 
 Everything needed to rebuild a model lives here (sample rate, STFT, spectrogram transform, backbone,
-SDE, sampler defaults, post-filter), so ``dnsep inspect`` can print it and two models can be diffed.
+SDE, sampler defaults, post-filter, front-end), so ``dnsep inspect`` can print it and two models can be diffed.
 """
 
 from __future__ import annotations
@@ -93,6 +93,14 @@ class PostFilterConfig:
 
 
 @dataclass(frozen=True)
+class FrontEndConfig:
+    """The predictive front-end whose estimate the model refines (``dnsep_cli.frontend``): ``dfn3``."""
+
+    name: str = "dfn3"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines a model; ``output`` is what the backbone predicts: score, data (x0) or v."""
 
@@ -104,6 +112,8 @@ class ModelConfig:
     sde: SDEConfig = field(default_factory=SDEConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     postfilter: PostFilterConfig | None = None
+    # None: no front-end (the backbone sees x_t and y only); else its estimate is a third input
+    frontend: FrontEndConfig | None = None
     output: str = "score"  # "score" | "data" | "v"
     # SGMSE+'s backbone returns the negated score and divides it by t itself; kept for exact parity.
     score_sign: float = 1.0
@@ -132,6 +142,7 @@ class ModelConfig:
             "sde": SDEConfig,
             "sampler": SamplerConfig,
             "postfilter": PostFilterConfig,
+            "frontend": FrontEndConfig,
         }
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known

@@ -13,11 +13,16 @@ turned into the score that the reverse SDE needs (Song et al. 2021, Eq. 6):
   ``u = (x_t - y) / r = alpha d + sigma z`` with ``alpha = a / r``, ``sigma = std / r`` and
   ``alpha^2 + sigma^2 = 1``, so ``v = alpha z - sigma d`` and ``d = alpha u - sigma v``.
 
-Shapes: ``x, y`` are ``(B, M, F, T)`` complex compressed spectrograms (M audio channels), ``t`` ``(B,)``.
+A model with a front-end (``config.frontend``, ``dnsep_cli.frontend``) also takes ``d``, the front-end's
+estimate of the clean speech as a compressed spectrogram, as a third input: ``D(x_t, y, d, t)``. ``d`` is a
+conditioner like ``y`` (the SDE still drifts towards ``y``); it is ``None`` for every model without one.
+
+Shapes: ``x, y, d`` are ``(B, M, F, T)`` complex compressed spectrograms (M audio channels), ``t`` ``(B,)``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +57,8 @@ class ScoreModel(nn.Module):
         self.sde: SDE = build_sde(config.sde.name, **config.sde.params)
         self.backbone = build_backbone(config.backbone.name, dict(config.backbone.params))
         self.postfilter = build_postfilter(config)
+        if config.frontend is not None and not getattr(self.backbone, "takes_estimate", False):
+            raise ValueError(f"front-end {config.frontend.name}: the backbone must take its estimate (estimate: true)")
         self.stft = STFT(config.stft)
         self.transform = SpecTransform(config.transform)
 
@@ -69,17 +76,24 @@ class ScoreModel(nn.Module):
         return self.stft.istft(self.transform.inverse(spec), length)
 
     # -- the score -----------------------------------------------------------------------------------------
-    def _raw(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def takes_estimate(self) -> bool:
+        return self.config.frontend is not None
+
+    def _raw(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        extra = () if d is None else (d,)
         if self.mixes_channels or x.shape[1] == 1:
-            return self.backbone(x, y, t)
+            return self.backbone(x, y, t, *extra)
         b, m = x.shape[:2]
         fold = lambda u: u.reshape(b * m, 1, *u.shape[2:])  # noqa: E731
-        out = self.backbone(fold(x), fold(y), t.repeat_interleave(m))
+        out = self.backbone(fold(x), fold(y), t.repeat_interleave(m), *(fold(u) for u in extra))
         return out.reshape(b, m, *out.shape[2:])
 
-    def data_estimate(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def data_estimate(
+        self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``x0_hat`` ``(B, M, F, T)`` complex, whatever the backbone predicts."""
-        out = self._raw(x, y, t)
+        out = self._raw(x, y, t, *(() if d is None else (d,)))
         if self.config.output == "data":
             return out
         if self.config.output == "v":
@@ -88,7 +102,13 @@ class ScoreModel(nn.Module):
 
         return data_from_score(self.sde, x, y, t, self.config.score_sign * out)
 
-    def one_shot(self, y: torch.Tensor, generator: torch.Generator | None = None, estimates: int = 1) -> torch.Tensor:
+    def one_shot(
+        self,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+        estimates: int = 1,
+        d: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``D(x_T, y, T)`` with ``x_T ~ N(y, std_T^2)`` from the prior: the network's estimate in one evaluation,
         where the sampler starts (StoRM's predictive stage). ``y`` ``(B, M, F, T)`` complex -> likewise.
 
@@ -99,18 +119,20 @@ class ScoreModel(nn.Module):
         """
         if estimates < 1:
             raise ValueError(f"estimates must be >= 1, got {estimates}")
-        y_k = y.repeat(estimates, *([1] * (y.dim() - 1)))  # (K B, M, F, T): draw k is rows k B .. (k + 1) B - 1
+        repeat = (estimates, *([1] * (y.dim() - 1)))
+        y_k = y.repeat(*repeat)  # (K B, M, F, T): draw k is rows k B .. (k + 1) B - 1
+        d_k = None if d is None else d.repeat(*repeat)
         t_T = torch.full((y_k.shape[0],), self.sde.T, device=y.device, dtype=y.real.dtype)
-        x0_k = self.data_estimate(self.sde.prior_sampling(y_k, generator=generator), y_k, t_T)
+        x0_k = self.data_estimate(self.sde.prior_sampling(y_k, generator=generator), y_k, t_T, d_k)
         return x0_k.reshape(estimates, *y.shape).mean(dim=0)
 
-    def score(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
         """``grad_x log p_t(x | y)`` ``(B, M, F, T)`` complex: the ``score_fn`` of ``dnsep_cli.sampling``."""
         if self.config.output == "score":
-            return self.config.score_sign * self._raw(x, y, t)
+            return self.config.score_sign * self._raw(x, y, t, *(() if d is None else (d,)))
         from dnsep_cli.score_matching import score_from_data
 
-        return score_from_data(self.sde, x, y, t, self.data_estimate(x, y, t))
+        return score_from_data(self.sde, x, y, t, self.data_estimate(x, y, t, d))
 
     def _v_coefficients(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor):
         """``a, std, r`` with ``mean = a x0 + (1 - a) y``, ``r = sqrt(a^2 + std^2)``, shaped to broadcast."""
@@ -222,6 +244,7 @@ def enhance_spectrogram(
     generator: torch.Generator | None = None,
     postfilter: bool = True,
     callback: Callable[[int, int], None] | None = None,
+    d: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Run the reverse process (and the post-filter) on compressed noisy spectrograms.
 
@@ -235,11 +258,15 @@ def enhance_spectrogram(
     (``y_{p+1} = x_hat_p``; iterative refinement): each pass removes part of the noise left by the one before.
     A model with peak normalisation was trained on inputs of peak 1, so each later pass runs on its conditioner
     scaled to the waveform peak of ``y`` (the first pass's input) and its output is scaled back.
+
+    ``d`` ``(B, M, F, T)``: the front-end's estimate for a model with a front-end (``None`` otherwise), scaled
+    with the conditioner in every pass.
     """
-    x_hat, nfe = _reverse_process(model, y, sampler, generator, postfilter, callback)
+    x_hat, nfe = _reverse_process(model, y, sampler, generator, postfilter, callback, d)
     for _ in range(1, sampler.passes):
         y_p, gain = renormalized(model, x_hat, y)
-        x_p, nfe_p = _reverse_process(model, y_p, sampler, generator, postfilter, callback)
+        d_p = None if d is None else scaled(model, d, gain)
+        x_p, nfe_p = _reverse_process(model, y_p, sampler, generator, postfilter, callback, d_p)
         x_hat = scaled(model, x_p, 1.0 / gain)
         nfe += nfe_p
     return x_hat, nfe
@@ -281,19 +308,22 @@ def _reverse_process(
     generator: torch.Generator | None,
     postfilter: bool,
     callback: Callable[[int, int], None] | None,
+    d: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """One pass of ``enhance_spectrogram``: the one-shot estimate or the reverse process, then the post-filter."""
     from dnsep_cli.sampling import SAMPLERS
 
     if sampler.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler.sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
+    if model.takes_estimate != (d is not None):
+        raise ValueError("a model with a front-end needs its estimate d, and a model without one takes none")
     if sampler.steps == 0:
-        x0_hat = model.one_shot(y, generator, sampler.estimates)
+        x0_hat = model.one_shot(y, generator, sampler.estimates, d)
         return (model.apply_postfilter(x0_hat, y) if postfilter else x0_hat), sampler.estimates
     sde = model.sde
     x_start, extra_nfe = None, 0
     if sampler.t_start is not None:
-        x0_hat = model.one_shot(y, generator, sampler.estimates)
+        x0_hat = model.one_shot(y, generator, sampler.estimates, d)
         t_s = torch.full((y.shape[0],), sampler.t_start, device=y.device, dtype=y.real.dtype)
         mean, std = sde.marginal_prob(x0_hat, y, t_s)
         z = torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=generator)
@@ -315,6 +345,7 @@ def _reverse_process(
             snr=sampler.snr,
             corrector_steps=sampler.corrector_steps,
         )
-    result = SAMPLERS[sampler.sampler](sde, model.score, y, **options)
+    score_fn = model.score if d is None else functools.partial(model.score, d=d)
+    result = SAMPLERS[sampler.sampler](sde, score_fn, y, **options)
     x_hat = model.apply_postfilter(result.x, y) if postfilter else result.x
     return x_hat, result.nfe + extra_nfe

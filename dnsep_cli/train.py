@@ -132,10 +132,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
 
 
-def prepare_batch(model: ScoreModel, clean: torch.Tensor, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Waveforms ``(B, M, L)`` -> compressed spectrograms ``x0, y`` ``(B, M, F, T)``, peak-normalised by y."""
+def prepare_batch(
+    model: ScoreModel, clean: torch.Tensor, noisy: torch.Tensor, estimate: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Waveforms ``(B, M, L)`` -> compressed spectrograms ``x0, y`` (and the front-end's ``d``) ``(B, M, F, T)``,
+    all divided by y's peak."""
     scale = noisy.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
-    return model.spectrogram(clean / scale), model.spectrogram(noisy / scale)
+    d = None if estimate is None else model.spectrogram(estimate / scale)
+    return model.spectrogram(clean / scale), model.spectrogram(noisy / scale), d
 
 
 def training_loss(
@@ -145,17 +149,18 @@ def training_loss(
     t: torch.Tensor,
     generator: torch.Generator | None,
     postfilter_weight: float = 1.0,
+    d: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example losses ``(B,)``: ``(diffusion loss, post-filter loss)`` for the model's parameterisation."""
     p = perturb(model.sde, x0, y, t=t, generator=generator)
-    out = model._raw(p.x_t, y, p.t)
+    out = model._raw(p.x_t, y, p.t, *(() if d is None else (d,)))
     output = model.config.output
     if output == "score":
         # score_matching.dsm_loss per example (the importance sampler needs each one): |s std + z|^2
         std = p.std.reshape(-1, *([1] * (x0.dim() - 1)))
         per_example = (model.config.score_sign * out * std + p.z).abs().pow(2).flatten(1).sum(1)
         loss = per_example
-        x0_hat = model.data_estimate(p.x_t, y, p.t) if model.postfilter is not None else None
+        x0_hat = model.data_estimate(p.x_t, y, p.t, d) if model.postfilter is not None else None
     elif output == "v":
         target = model.v_target(x0, y, p.t, p.z)
         loss = (out - target).abs().pow(2).flatten(1).mean(1)
@@ -187,6 +192,7 @@ def prior_loss(
     y: torch.Tensor,
     generator: torch.Generator | None,
     postfilter_weight: float = 1.0,
+    d: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example losses ``(B,)`` of the one-shot estimate ``D(x_T, y, T)`` from the prior ``x_T ~ N(y, std_T^2)``.
 
@@ -195,7 +201,7 @@ def prior_loss(
     theta 1.5; the prior mismatch of SGMSE+, Lay et al. 2023): a network trained on the marginal alone leans on
     that trace of ``x0`` and does worse from the prior. Training on the prior's own input removes the mismatch.
     """
-    x0_hat = model.one_shot(y, generator)
+    x0_hat = model.one_shot(y, generator, d=d)
     loss = spectrum_loss(x0_hat, x0)
     return loss, _postfilter_loss(model, x0_hat, x0, y, loss, postfilter_weight)
 
@@ -207,6 +213,7 @@ def refinement_loss(
     generator: torch.Generator | None,
     postfilter_weight: float = 1.0,
     estimates: int = 1,
+    d: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example losses ``(B,)`` of the second pass: ``prior_loss`` with the conditioner ``y_2 = g x_hat_1``.
 
@@ -217,12 +224,13 @@ def refinement_loss(
     speech. Here it learns to refine that input rather than to suppress it further.
     """
     if x0.shape[0] == 0:  # nothing to refine (the iSTFT refuses an empty batch)
-        return prior_loss(model, x0, y, generator, postfilter_weight)
+        return prior_loss(model, x0, y, generator, postfilter_weight, d)
     with torch.no_grad():
-        x_hat_1 = model.apply_postfilter(model.one_shot(y, generator, estimates), y)
+        x_hat_1 = model.apply_postfilter(model.one_shot(y, generator, estimates, d), y)
         y_2, gain = renormalized(model, x_hat_1, y)
         target = scaled(model, x0, gain)
-    return prior_loss(model, target, y_2, generator, postfilter_weight)
+        d_2 = None if d is None else scaled(model, d, gain)
+    return prior_loss(model, target, y_2, generator, postfilter_weight, d_2)
 
 
 def load_init_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -230,9 +238,18 @@ def load_init_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) ->
 
     Every tensor of ``state`` must exist in ``model`` with the same shape (a changed layer cannot be carried
     over); keys only ``model`` has keep their initialisation. The backbones start their optional modules as
-    the identity (zero output projections), so the grown network computes what the trained one did.
+    the identity (zero output projections), so the grown network computes what the trained one did. A network
+    grown by a front-end's estimate input (osa_unet ``estimate``) starts from ``grow_state_dict``'s weights.
     """
     own = model.state_dict()
+    backbone = getattr(model, "backbone", None)
+    stem = state.get("backbone.stem.weight")
+    if (
+        getattr(backbone, "takes_estimate", False)
+        and stem is not None
+        and stem.shape != own["backbone.stem.weight"].shape
+    ):
+        state = backbone.grow_state_dict(state, prefix="backbone.")
     unknown = sorted(set(state) - set(own))
     if unknown:
         raise ValueError(f"the initial weights have tensors this model lacks: {', '.join(unknown[:3])}")
@@ -298,6 +315,15 @@ class Trainer:
         self.torch_rng = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.train_batches = train_batches
         self.validation = validation or []
+        # the front-end's estimate of each validation mixture, computed once
+        self.validation_estimates: list[np.ndarray | None] = [None] * len(self.validation)
+        if model_config.frontend is not None and self.validation:
+            from dnsep_cli.frontend import build_frontend
+
+            frontend = build_frontend(model_config.frontend.name, model_config.frontend.params)
+            assert frontend is not None
+            rate = model_config.sample_rate
+            self.validation_estimates = [frontend.process(noisy, rate) for _, _, noisy in self.validation]
         self.card_info = card_info or {}
         self.state = TrainState()
         self.interrupted = False  # set by fit() when a Ctrl-C stopped it
@@ -354,7 +380,9 @@ class Trainer:
         model.train()
         batch = self.train_batches(cfg.batch_size, self.np_rng)
         clean, noisy = batch["clean"].to(self.device), batch["noisy"].to(self.device)
-        x0, y = prepare_batch(model, clean, noisy)
+        estimate = batch["estimate"].to(self.device) if model.takes_estimate else None
+        x0, y, d = prepare_batch(model, clean, noisy, estimate)
+        part = (lambda a, b: None) if d is None else (lambda a, b: d[a:b])
         # the first n_refine examples train the second pass, the next n_prior the one-shot estimate from the
         # prior, the rest the diffusion
         n_refine = round(cfg.p_refine * x0.shape[0])
@@ -365,9 +393,14 @@ class Trainer:
         z_gen = self.torch_rng if self.device.type == "cpu" else None
         w = cfg.postfilter_weight
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss, pf_loss = training_loss(model, x0[n_one_shot:], y[n_one_shot:], t, z_gen, w)
-            refined = refinement_loss(model, x0[:n_refine], y[:n_refine], z_gen, w, model.config.sampler.estimates)
-            first = prior_loss(model, x0[n_refine:n_one_shot], y[n_refine:n_one_shot], z_gen, w)
+            end = x0.shape[0]
+            loss, pf_loss = training_loss(model, x0[n_one_shot:], y[n_one_shot:], t, z_gen, w, part(n_one_shot, end))
+            refined = refinement_loss(
+                model, x0[:n_refine], y[:n_refine], z_gen, w, model.config.sampler.estimates, part(0, n_refine)
+            )
+            first = prior_loss(
+                model, x0[n_refine:n_one_shot], y[n_refine:n_one_shot], z_gen, w, part(n_refine, n_one_shot)
+            )
             one_shot, pf_one_shot = (torch.cat([a, b]) for a, b in zip(refined, first, strict=True))
         self.t_sampler.update(idx, loss.detach().float())
         total = ((weights.to(self.device) * loss).sum() + one_shot.sum()) / x0.shape[0]
@@ -406,8 +439,8 @@ class Trainer:
         sr = model.config.sample_rate
         scores: dict[str, list[float]] = {"pesq": [], "estoi": [], "si_sdr": []}
         gen = torch.Generator(device="cpu").manual_seed(1234)
-        for _, clean, noisy in self.validation:
-            enhanced = enhance_waveform(model, noisy, sampler, gen)
+        for (_, clean, noisy), estimate in zip(self.validation, self.validation_estimates, strict=True):
+            enhanced = enhance_waveform(model, noisy, sampler, gen, estimate)
             scores["pesq"].append(pesq_wb(clean, enhanced, sr))
             scores["estoi"].append(estoi(clean, enhanced, sr))
             scores["si_sdr"].append(si_sdr(clean, enhanced, sr))
@@ -520,13 +553,18 @@ def enhance_waveform(
     noisy: np.ndarray,
     sampler: SamplerConfig,
     generator: torch.Generator | None,
+    estimate: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One mono waveform at the model rate, whole (no chunking): the validation path of training."""
+    """One mono waveform at the model rate, whole (no chunking): the validation path of training.
+    ``estimate``: the front-end's estimate of it (aligned, same length) for a model with a front-end."""
     device = next(model.parameters()).device
     wav = torch.as_tensor(noisy, dtype=torch.float32, device=device)[None, None]
     scale = wav.abs().max().clamp_min(1e-8)
     y = model.spectrogram(wav / scale)
-    x_hat, _ = enhance_spectrogram(model, y, sampler, generator=generator)
+    d = None
+    if estimate is not None:
+        d = model.spectrogram(torch.as_tensor(estimate, dtype=torch.float32, device=device)[None, None] / scale)
+    x_hat, _ = enhance_spectrogram(model, y, sampler, generator=generator, d=d)
     return (model.waveform(x_hat, wav.shape[-1]) * scale)[0, 0].cpu().numpy()
 
 

@@ -75,7 +75,7 @@ def test_loss_goes_down_on_a_fixed_batch(output):
     torch.manual_seed(0)
     model = ScoreModel(tiny_model_config(output=output))
     batch = synthetic_batches(4, np.random.default_rng(0))
-    x0, y = prepare_batch(model, batch["clean"], batch["noisy"])
+    x0, y, _ = prepare_batch(model, batch["clean"], batch["noisy"])
     t = torch.tensor([0.1, 0.3, 0.6, 0.9])
 
     def loss_now(seed: int) -> torch.Tensor:
@@ -90,7 +90,7 @@ def test_prior_loss_scores_the_one_shot_estimate_from_the_prior():
     """Untrained, the network's estimate is y whatever x_T is: the prior loss is then the noisy input's loss."""
     model = ScoreModel(tiny_model_config())
     batch = synthetic_batches(3, np.random.default_rng(1))
-    x0, y = prepare_batch(model, batch["clean"], batch["noisy"])
+    x0, y, _ = prepare_batch(model, batch["clean"], batch["noisy"])
     loss, pf = prior_loss(model, x0, y, torch.Generator().manual_seed(0))
     assert torch.allclose(loss, spectrum_loss(y, x0), rtol=1e-5)
     assert torch.allclose(pf, loss, rtol=1e-4)  # the untrained post-filter is the identity
@@ -104,7 +104,7 @@ def test_refinement_loss_scores_the_second_pass_on_the_first_passs_output():
     model.backbone = ScalingBackbone(0.5)
     batch = synthetic_batches(3, np.random.default_rng(2))
     length = 31 * model.config.stft.hop_length  # a whole number of hops: the STFT round trip is exact
-    x0, y = prepare_batch(model, batch["clean"][..., :length], batch["noisy"][..., :length])
+    x0, y, _ = prepare_batch(model, batch["clean"][..., :length], batch["noisy"][..., :length])
     conditioners: list[torch.Tensor] = []
     raw = model._raw
     model._raw = lambda x, y_c, t: conditioners.append(y_c) or raw(x, y_c, t)
@@ -121,7 +121,7 @@ def test_training_a_one_shot_loss_improves_its_estimate(one_shot_loss):
     torch.manual_seed(0)
     model = ScoreModel(tiny_model_config())
     batch = synthetic_batches(4, np.random.default_rng(0))
-    x0, y = prepare_batch(model, batch["clean"], batch["noisy"])
+    x0, y, _ = prepare_batch(model, batch["clean"], batch["noisy"])
 
     def loss_now(seed: int) -> torch.Tensor:
         return sum(part.mean() for part in one_shot_loss(model, x0, y, torch.Generator().manual_seed(seed)))
@@ -254,7 +254,7 @@ def test_export_then_load_gives_the_ema_model(tmp_path):
     loaded = ScoreModel.from_pretrained(tmp_path / "last")
     ema = trainer.ema_model()
     batch = synthetic_batches(2, np.random.default_rng(9))
-    x0, y = prepare_batch(ema, batch["clean"], batch["noisy"])
+    x0, y, _ = prepare_batch(ema, batch["clean"], batch["noisy"])
     t = torch.tensor([0.4, 0.7])
     with torch.no_grad():
         assert torch.equal(ema.data_estimate(x0, y, t), loaded.data_estimate(x0, y, t))

