@@ -12,8 +12,8 @@ The real-time factor is the processing time summed over the files divided by the
 them, with ``--threads`` torch threads (default 2), excluding model loading (dnsep) and stream set-up
 (the peers' ``setup_s``). NFE is the number of score-network evaluations per chunk.
 
-Writes to ``--out``: ``quality.md`` (the table, with the date, machine and command), ``quality.json``
-(means, 95 % CIs, per-SNR means), ``per_file.csv``, and ``quality_vs_rtf.png``. Prints the table.
+Writes to ``--out``: ``quality.md`` (the table and a table by input SNR, with the date, machine and command),
+``quality.json`` (means, 95 % CIs, per-SNR means), ``per_file.csv``, and ``quality_vs_rtf.png``. Prints both.
 """
 
 from __future__ import annotations
@@ -226,6 +226,26 @@ def per_snr(result: MethodResult, columns: list[str]) -> dict[str, dict[str, flo
     return out
 
 
+def per_snr_table(results: list[MethodResult], columns: list[str]) -> str:
+    """One row per method and input SNR: PESQ, ESTOI, SI-SDR and OVRL (those scored) in that SNR band."""
+    shown = [t for t in TABLE_COLUMNS if t[1] in columns and t[1] in ("pesq_wb", "estoi", "si_sdr", "dnsmos_ovrl")]
+    bands = {snr for r in results for snr in per_snr(r, columns)}
+    if not bands or not shown:
+        return ""
+    bands_sorted = sorted(bands, key=float)
+    head = ["method", *(f"{h} {b} dB" for h, _, _ in shown for b in bands_sorted)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for r in results:
+        by_snr = per_snr(r, columns)
+        cells = [r.name]
+        for _, c, d in shown:
+            for b in bands_sorted:
+                m = by_snr.get(b, {}).get(c, math.nan)
+                cells.append("-" if math.isnan(m) else f"{m:.{d}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -332,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{dt.date.today().isoformat()}; {machine()}; torch threads {args.threads}, dnsep device {args.device}; "
         f"{len(items)} files, {total:.0f} s\n\n`{command}`\n"
     )
+    snr_table = per_snr_table(results, columns)
+    if snr_table:
+        table += "\n\nBy input SNR:\n\n" + snr_table
     (args.out / "quality.md").write_text(header + "\n" + table + "\n")
     summary = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
