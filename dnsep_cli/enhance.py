@@ -23,6 +23,13 @@ Per file, as a stream of blocks so that memory stays flat however long the file 
 - Clipping: where the output would exceed full scale, the whole file is scaled down (by one gain, so
   nothing changes shape) to ``CLIP_CEILING`` and the report says by how much.
 - All-zero input gives all-zero output without running the model; NaN/Inf samples are refused.
+- Front-end (models whose config names one, ``dnsep_cli.frontend``): the input, at its own rate and level, also
+  streams through the front-end (DeepFilterNet3 at 48 kHz, its lag removed); its estimate ``e``, resampled and
+  normalised like the input, is cut into the same chunks and enters the model as ``d``. The output is a
+  crossover that keeps the front-end's full band: ``out = e + up(x - down(e))``, with ``x`` the model's
+  output at the model rate and ``up``/``down`` the same soxr resamplers as the input's. Below the model's
+  Nyquist frequency that is the model's output; above it (inputs at 44.1 or 48 kHz) it is the front-end's,
+  and where the model keeps the front-end's estimate the output is that estimate exactly: no seam.
 """
 
 from __future__ import annotations
@@ -178,6 +185,35 @@ class _SpoolSink:
         self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
 
 
+class _Fifo:
+    """``(n, C)`` blocks in, any number of samples out, in order: one stream matched against another."""
+
+    def __init__(self, channels: int) -> None:
+        self._blocks: deque[np.ndarray] = deque()
+        self.channels = channels
+        self.size = 0
+
+    def push(self, block: np.ndarray) -> None:
+        if len(block):
+            self._blocks.append(block)
+            self.size += len(block)
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` samples (``n <= size``)."""
+        out, filled = np.empty((n, self.channels), np.float32), 0
+        while filled < n:
+            head = self._blocks[0]
+            k = min(len(head), n - filled)
+            out[filled : filled + k] = head[:k]
+            filled += k
+            if k == len(head):
+                self._blocks.popleft()
+            else:
+                self._blocks[0] = head[k:]
+        self.size -= n
+        return out
+
+
 def _scan(source: _ArraySource | _FileSource, block_frames: int) -> float:
     """First pass: the peak over all samples and channels; NaN or Inf anywhere is an error."""
     peak, pos = 0.0, 0
@@ -273,6 +309,11 @@ class Enhancer:
         self.model = model.to(self.device).eval()
         self.source = source
         cfg = model.config
+        self.frontend = None
+        if cfg.frontend is not None:
+            from dnsep_cli.frontend import build_frontend
+
+            self.frontend = build_frontend(cfg.frontend.name, cfg.frontend.params)
         base = settings or EnhanceSettings(
             sampler=cfg.sampler,
             postfilter=model.postfilter is not None,
@@ -500,28 +541,22 @@ class Enhancer:
         generator = torch.Generator(device=self.device).manual_seed(stats.seed)
         down = StreamResampler(rate, model_rate, channels)
         up = StreamResampler(model_rate, rate, channels)
-        splitter = ChunkSplitter(layout, channels)
+        # with a front-end, a chunk holds 2 C channels: the input's, then the front-end estimate's
+        estimate = None if self.frontend is None else _EstimateStream(self.frontend, rate, model_rate, channels)
+        splitter = ChunkSplitter(layout, channels if estimate is None else 2 * channels)
         ola = OverlapAdd(layout, channels)
-        noisy: deque[np.ndarray] = deque()  # input blocks not yet matched by output (attenuation limit)
+        noisy = _Fifo(channels)  # input blocks not yet matched by output (attenuation limit)
         written = 0
         pending: list[Chunk] = []
 
         def emit(out: np.ndarray) -> None:
             """Input-rate ``(n, C)`` normalised output: restore the level, mix in the input, write."""
             nonlocal written
+            if estimate is not None:  # the crossover: out = e + up(x - down(e))
+                out = estimate.full_band.take(len(out)) + out
             out = out[: frames - written] * np.float32(scale)
             if lim is not None:
-                mixed, filled = np.empty_like(out), 0
-                while filled < len(out):
-                    head = noisy[0]
-                    take = min(len(head), len(out) - filled)
-                    mixed[filled : filled + take] = lim * head[:take] + (1 - lim) * out[filled : filled + take]
-                    filled += take
-                    if take == len(head):
-                        noisy.popleft()
-                    else:
-                        noisy[0] = head[take:]
-                out = mixed
+                out = lim * noisy.take(len(out)) + (1 - lim) * out
             if len(out):
                 sink.write(out.astype(np.float32, copy=False))
                 written += len(out)
@@ -534,6 +569,8 @@ class Enhancer:
             outputs, nfe = self._enhance_chunks(batch, settings, generator, on_step)
             stats.nfe += nfe
             for chunk, out in zip(batch, outputs, strict=True):
+                if estimate is not None:
+                    out = out - chunk.data[channels:]  # x - down(e): the model's correction of the estimate
                 done = ola.add(chunk, out)
                 emit(up.push(done.T))
                 stats.chunks += 1
@@ -548,10 +585,12 @@ class Enhancer:
 
         for block in source.blocks(block_frames):
             if lim is not None:
-                noisy.append(block)
-            pending += splitter.push(down.push(block / np.float32(scale)).T)
+                noisy.push(block)
+            y = down.push(block / np.float32(scale))
+            pending += splitter.push((y if estimate is None else estimate.pair(y, block, scale)).T)
             drain(final=False)
-        pending += splitter.push(down.finish().T)
+        y = down.finish()
+        pending += splitter.push((y if estimate is None else estimate.pair(y, None, scale)).T)
         pending += splitter.finish()
         if stats.chunks == 0 and not pending:
             stats.notes.append("too short to reach the model rate: output is silence")
@@ -588,10 +627,14 @@ class Enhancer:
                 lengths.append(length)
             frames = [s.shape[-1] for s in specs]
             target = _round_up(max(frames), cfg.frame_multiple)
-            y = torch.stack([_pad_frames(s, target, cfg.pad_mode) for s in specs])  # (B, C, F, T)
+            y = torch.stack([_pad_frames(s, target, cfg.pad_mode) for s in specs])  # (B, C, F, T) or (B, 2 C, F, T)
+            d = None
+            if self.frontend is not None:  # the front-end's estimate rides in the chunk's second half
+                y, d = y.chunk(2, dim=1)
             b, c = y.shape[:2]
             if not model.mixes_channels:
                 y = y.reshape(b * c, 1, *y.shape[2:])
+                d = None if d is None else d.reshape(b * c, 1, *d.shape[2:])
             if self.autocast_dtype is not None:
                 try:
                     with torch.autocast(self.device.type, dtype=self.autocast_dtype):
@@ -602,6 +645,7 @@ class Enhancer:
                             generator=generator,
                             postfilter=settings.postfilter,
                             callback=on_step,
+                            d=d,
                         )
                 except RuntimeError as err:
                     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -609,7 +653,13 @@ class Enhancer:
                 x_hat = x_hat.to(torch.complex64)
             else:
                 x_hat, nfe = enhance_spectrogram(
-                    model, y, settings.sampler, generator=generator, postfilter=settings.postfilter, callback=on_step
+                    model,
+                    y,
+                    settings.sampler,
+                    generator=generator,
+                    postfilter=settings.postfilter,
+                    callback=on_step,
+                    d=d,
                 )
             x_hat = x_hat.reshape(b, c, *x_hat.shape[2:])
             outputs = []
@@ -622,6 +672,33 @@ class Enhancer:
                     raise DnsepError("the model produced NaN or Inf; try --precision fp32 or other sampler settings")
                 outputs.append(out)
         return outputs, nfe
+
+
+class _EstimateStream:
+    """The front-end stage of ``Enhancer._run``: the input's blocks through the front-end, at the input's own
+    rate and level, and the estimate two ways: ``pair`` joins it, resampled and normalised like the input,
+    to the input's model-rate samples (chunks of ``2 C`` channels), and ``full_band`` holds it at the input
+    rate, normalised, for the crossover ``out = e + up(x - down(e))``."""
+
+    def __init__(self, frontend, rate: int, model_rate: int, channels: int) -> None:
+        self.channels = channels
+        self._stream = frontend.stream(rate, channels)
+        self._down = StreamResampler(rate, model_rate, channels)
+        self._y = _Fifo(channels)  # model-rate input samples waiting for their estimate
+        self._e = _Fifo(channels)  # model-rate estimate samples waiting for their input
+        self.full_band = _Fifo(channels)
+
+    def pair(self, y: np.ndarray, block: np.ndarray | None, scale: float) -> np.ndarray:
+        """``y`` ``(n, C)``: the input's next model-rate samples; ``block``: its next input block (``None``
+        at the end of the stream) -> ``(k, 2 C)``: the input and estimate samples both have so far."""
+        e = self._stream.finish() if block is None else self._stream.push(block)
+        e = e / np.float32(scale)
+        self.full_band.push(e)
+        e16 = np.concatenate([self._down.push(e), self._down.finish()]) if block is None else self._down.push(e)
+        self._y.push(y)
+        self._e.push(e16)
+        k = min(self._y.size, self._e.size)
+        return np.concatenate([self._y.take(k), self._e.take(k)], axis=1)
 
 
 def _same_file(a: Path, b: Path) -> bool:

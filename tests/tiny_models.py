@@ -89,3 +89,21 @@ def save_tiny_model(folder: Path, card: str | None = TINY_CARD, **changes) -> Pa
 
     torch.manual_seed(0)
     return ScoreModel(tiny_config(**changes)).save_pretrained(folder, card=card)
+
+
+@register_backbone("test_blend")
+class BlendBackbone(nn.Module):
+    """``out = a y + b d``: a model refining a front-end's estimate ``d`` by a fixed blend (``takes_estimate``).
+
+    ``a = 0, b = 1`` keeps the estimate exactly; ``a = 1, b = 0`` ignores it and returns the input."""
+
+    takes_estimate = True
+    mixes_channels = False
+
+    def __init__(self, a: float = 0.0, b: float = 1.0) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(float(a)))
+        self.b = nn.Parameter(torch.tensor(float(b)))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return self.a * y + self.b * d

@@ -2,7 +2,7 @@
 
 Name and source, sample rate, STFT and spectrogram transform, backbone (class, parameters, size), the SDE
 (type, theta, sigma_min, sigma_max, T, t_eps, std at T), sampler defaults and their score evaluations, the
-post-filter, and the model card's training data and measured quality.
+post-filter, the front-end, and the model card's training data and measured quality.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def describe_model(spec: str | None) -> dict[str, Any]:
             "parameters": pf_params,
             "size_bytes": pf_bytes,
         },
+        "frontend": _frontend_info(cfg),
         "input": {
             "normalize": cfg.normalize,
             "frame_multiple": cfg.frame_multiple,
@@ -100,6 +101,22 @@ def describe_model(spec: str | None) -> dict[str, Any]:
             "measured_quality": card_section(card, "measured quality", "quality", "evaluation", "results"),
         },
     }
+
+
+def _frontend_info(cfg) -> dict[str, Any] | None:
+    """The model's front-end as plain data; its runtime's details where it loads, else why it does not."""
+    if cfg.frontend is None:
+        return None
+    from dnsep_cli.errors import DnsepError
+    from dnsep_cli.frontend import build_frontend
+
+    info: dict[str, Any] = {"name": cfg.frontend.name, "settings": cfg.frontend.params or None}
+    try:
+        frontend = build_frontend(cfg.frontend.name, cfg.frontend.params)
+    except DnsepError as err:
+        return info | {"unavailable": str(err)}
+    assert frontend is not None
+    return info | asdict(frontend.info)
 
 
 def _size(n_bytes: int) -> str:
@@ -196,6 +213,21 @@ def _print_tables(info: dict[str, Any]) -> None:
             ("name", pf["name"]),
             ("parameters", f"{pf['parameters']:,} ({_size(pf['size_bytes'])})"),
             ("settings", pf["params"]),
+        ],
+    )
+    fe = info["frontend"]
+    table(
+        "Front-end",
+        [("front-end", "none")]
+        if fe is None
+        else [
+            ("name", fe["name"]),
+            *((k, fe[k]) for k in ("description", "version", "settings", "unavailable") if fe.get(k) is not None),
+            *(
+                [("runs at", f"{fe['sample_rate']} Hz, hops of {fe['hop']}, lag {fe['delay']} samples (removed)")]
+                if "sample_rate" in fe
+                else []
+            ),
         ],
     )
     card = info["card"]
