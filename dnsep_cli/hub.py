@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from dnsep_cli.model import ScoreModel
 
-DEFAULT_MODEL = "dnsep-base"
+DEFAULT_MODEL = "dnsep-dfn3"  # dnsep-base refining DeepFilterNet3; dnsep-base is the pure score model
 HF_PREFIX = "hf:"
 # The files a model repo needs; anything else in the repo (training logs, audio examples) is not fetched.
 HUB_FILES = [CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]

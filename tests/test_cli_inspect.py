@@ -119,7 +119,7 @@ def test_models_lists_the_shipped_models(model_dir: Path, tmp_path: Path, capsys
     assert rows[1]["summary"] == "A smaller one." and rows[1]["sample_rate"] == 16_000
     monkeypatch.setenv("COLUMNS", "200")  # one table row per line
     code, out, _ = run_cli(["models"], capsys)
-    assert code == 0 and "dnsep-base (default)" in out and "A smaller one." in out
+    assert code == 0 and f"{DEFAULT_MODEL} (default)" in out and "A smaller one." in out
     code, out, _ = run_cli(["inspect", "--json"], capsys)  # no MODEL: the default
     assert code == 0 and json.loads(out)["source"]["kind"] == "shipped"
 
@@ -131,7 +131,7 @@ def test_no_shipped_models(tmp_path: Path, capsys, monkeypatch) -> None:
     code, out, _ = run_cli(["models"], capsys)
     assert code == 0 and "no models are shipped" in out
     code, _, err = run_cli(["inspect"], capsys)
-    assert code == 1 and "default model 'dnsep-base' is not installed" in err
+    assert code == 1 and f"default model '{DEFAULT_MODEL}' is not installed" in err
 
 
 def test_zero_step_default_is_shown_as_the_one_shot_estimate(tmp_path: Path, capsys) -> None:

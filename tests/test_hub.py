@@ -236,7 +236,7 @@ def test_shipped_models_and_default() -> None:
     if DEFAULT_MODEL in shipped:
         assert resolve_model(None).name == DEFAULT_MODEL
     else:
-        with pytest.raises(DnsepError, match="default model 'dnsep-base' is not installed"):
+        with pytest.raises(DnsepError, match=f"default model '{DEFAULT_MODEL}' is not installed"):
             resolve_model(None)
 
 

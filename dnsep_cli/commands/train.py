@@ -267,25 +267,13 @@ class TrainBar:
 
 
 def _with_frontend(config: ModelConfig, frontend: str) -> ModelConfig:
-    """``config`` refining a front-end's estimate: its backbone takes the estimate as a third input."""
-    from dataclasses import replace
+    """``config`` refining a front-end's estimate (``dnsep_cli.train.with_frontend``), as a usage error."""
+    from dnsep_cli.train import with_frontend
 
-    from dnsep_cli.config import FrontEndConfig
-    from dnsep_cli.frontend import FRONTENDS
-
-    if frontend not in FRONTENDS:
-        raise UsageError(f"unknown --frontend {frontend!r}: use none, {', '.join(sorted(FRONTENDS))}")
-    if config.backbone.name != "osa_unet":
-        raise UsageError(f"--frontend: the {config.backbone.name} backbone cannot take a front-end's estimate")
-    params = {**config.backbone.params, "estimate": True}
-    # one estimate, one pass: with the front-end's estimate as input, more draws and passes were measured no
-    # better on the validation items (the estimate already removes what a second pass would)
-    return replace(
-        config,
-        frontend=FrontEndConfig(frontend),
-        backbone=replace(config.backbone, params=params),
-        sampler=replace(config.sampler, estimates=1, passes=1),
-    )
+    try:
+        return with_frontend(config, frontend)
+    except ValueError as exc:
+        raise UsageError(f"--frontend: {exc}") from None
 
 
 def _with_backbone_params(config: ModelConfig, pairs: list[str]) -> ModelConfig:
