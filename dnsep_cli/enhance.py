@@ -81,11 +81,14 @@ class EnhanceSettings:
     overlap_seconds: float = 1.0
     batch_size: int = 1
     atten_lim_db: float | None = None
+    # an output more than this many dB over the input's peak fails: a diverged sampler (inf: no check, for
+    # comparing untrained networks with a reference implementation)
+    max_gain_db: float = 20.0
 
 
 # Keyword overrides accepted by Enhancer.from_pretrained / enhance / enhance_file.
 SAMPLER_KEYS = tuple(f.name for f in fields(SamplerConfig))
-SETTING_KEYS = ("postfilter", "chunk_seconds", "overlap_seconds", "batch_size", "atten_lim_db")
+SETTING_KEYS = ("postfilter", "chunk_seconds", "overlap_seconds", "batch_size", "atten_lim_db", "max_gain_db")
 
 
 @dataclass
@@ -131,6 +134,7 @@ class _RunStats:
     chunks: int = 0
     nfe: int = 0
     seed: int = 0
+    input_peak: float = 0.0
     clip_gain_db: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -388,6 +392,7 @@ class Enhancer:
         need(s.overlap_seconds >= 0, f"overlap must be >= 0 s, got {s.overlap_seconds}")
         if s.atten_lim_db is not None:
             need(math.isfinite(s.atten_lim_db), f"--atten-lim-db must be a number of dB, got {s.atten_lim_db}")
+        need(s.max_gain_db > 0, f"max_gain_db must be > 0 dB (inf: no check), got {s.max_gain_db}")
         self._layout(s)
         return replace(s, postfilter=s.postfilter and self.model.postfilter is not None)
 
@@ -437,7 +442,7 @@ class Enhancer:
         data2d = data[:, None] if data.ndim == 1 else data
         sink = _ArraySink()
         stats = self._run(_ArraySource(data2d, int(sample_rate)), sink, settings, seed, progress)
-        gain = self._clip_gain(sink.peak, stats)
+        gain = self._clip_gain(sink.peak, stats, settings)
         out = sink.result(gain, data2d.shape[1])
         out = out[:, 0] if audio.ndim == 1 else out
         if np.issubdtype(dtype, np.integer):
@@ -487,7 +492,7 @@ class Enhancer:
         sink = _SpoolSink(out_path, info.channels)
         try:
             stats = self._run(_FileSource(info), sink, settings, seed, progress)
-            gain = self._clip_gain(sink.peak, stats)
+            gain = self._clip_gain(sink.peak, stats, settings)
             block = max(1, int(BLOCK_SECONDS * info.sample_rate))
             with AtomicWriter(out_path, info.sample_rate, info.channels, fmt, sub) as writer:
                 for part in sink.spool.blocks(block):
@@ -501,14 +506,34 @@ class Enhancer:
         return report
 
     # -- the streaming core ------------------------------------------------------------------------------------
-    @staticmethod
-    def _clip_gain(peak: float, stats: _RunStats) -> float:
+    def _clip_gain(self, peak: float, stats: _RunStats, settings: EnhanceSettings) -> float:
+        """The one gain for the whole output: 1, or down to ``CLIP_CEILING`` where it would clip. An output more
+        than ``settings.max_gain_db`` over the input's peak is a failure (nothing is written): the sampler
+        diverged. Enhancement removes energy; 20 dB more than the input has is never speech."""
+        limit = settings.max_gain_db
+        if stats.input_peak > 0 and peak > stats.input_peak * 10 ** (limit / 20):
+            over = 20 * math.log10(peak / stats.input_peak)
+            raise DnsepError(f"the output peaks {over:.0f} dB over the input: {self._divergence_hint(settings)}")
         if peak <= 1.0:
             return 1.0
         gain = CLIP_CEILING / peak
         stats.clip_gain_db = 20 * math.log10(gain)
         stats.notes.append(f"output would clip (peak {peak:.3f}): scaled by {stats.clip_gain_db:.2f} dB")
         return gain
+
+    def _divergence_hint(self, settings: EnhanceSettings) -> str:
+        """The likely cause of a diverged output, and what to change, for the one-line error."""
+        sm = settings.sampler
+        if self.precision != "fp32":
+            return f"--precision {self.precision} overflowed; use --precision fp32"
+        if sm.steps > 0 and sm.sampler == "pc" and sm.corrector != "none":
+            start = "T" if sm.t_start is None else f"{sm.t_start:g}"
+            return (
+                f"the sampler diverged ({sm.steps} {sm.corrector} corrector steps with snr {sm.snr:g} from t "
+                f"{start}; Langevin steps at small noise levels amplify the score's errors): try --t-start 0, "
+                "fewer --steps, a smaller --snr or --corrector none"
+            )
+        return "the sampler diverged; try fewer --steps, --steps 0 (the one-shot estimate) or another model"
 
     def _run(
         self,
@@ -523,7 +548,7 @@ class Enhancer:
         rate, channels, frames = source.sample_rate, source.channels, source.frames
         block_frames = max(1, int(BLOCK_SECONDS * rate))
         stats = _RunStats(seed=int.from_bytes(os.urandom(4), "little") if seed is None else int(seed))
-        peak = _scan(source, block_frames)
+        peak = stats.input_peak = _scan(source, block_frames)
         if peak == 0.0:
             stats.notes.append("silent input (all zeros): output is silence")
             for block in source.blocks(block_frames):
@@ -669,7 +694,7 @@ class Enhancer:
                 wav = model.waveform(x_hat[i, :, :, :keep], lengths[i])[:, : chunk.length]
                 out = wav.float().cpu().numpy()
                 if not np.isfinite(out).all():
-                    raise DnsepError("the model produced NaN or Inf; try --precision fp32 or other sampler settings")
+                    raise DnsepError(f"the output has NaN or Inf samples: {self._divergence_hint(settings)}")
                 outputs.append(out)
         return outputs, nfe
 

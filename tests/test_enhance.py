@@ -332,3 +332,36 @@ def test_ode_sampler_and_bf16_autocast_run(quiet_gate: Enhancer) -> None:
     assert y.shape == x.shape and np.isfinite(y).all()
     bf16 = Enhancer(quiet_gate.model, device="cpu", precision="bf16")
     assert np.isfinite(bf16.enhance(x, 16_000)).all()
+
+
+@pytest.mark.parametrize("gain", [6.0, float("inf")])
+def test_a_diverged_output_fails_the_file_and_writes_nothing(tmp_path: Path, gain: float) -> None:
+    """An output over 20 dB above the input's peak (gain 6 on the compressed magnitude: x36 on the waveform,
+    31 dB), or NaN/Inf, is a failed file with a one-line cause, never a clip-scaled "note"."""
+    wild = save_tiny_model(tmp_path / "wild", backbone=BackboneConfig("test_gain", {"gain": gain}), sde=QUIET_SDE)
+    enhancer = Enhancer.from_pretrained(wild, device="cpu")
+    x = _speechy(1.0) * 0.1
+    match = "over the input: the sampler diverged" if np.isfinite(gain) else "NaN or Inf samples"
+    with pytest.raises(DnsepError, match=match):
+        enhancer.enhance(x, 16_000)
+    sf.write(tmp_path / "in.wav", x, 16_000)
+    with pytest.raises(DnsepError, match=match) as err:
+        enhancer.enhance_file(tmp_path / "in.wav", tmp_path / "out.wav")
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "wild"]  # no output, no spool
+
+
+def test_output_up_to_20_db_over_the_input_is_kept(tmp_path: Path) -> None:
+    """x16 on the waveform (gain 4 on the compressed magnitude: 24 dB) is refused, x4 (12 dB) is kept."""
+    for gain, fails in ((4.0, True), (2.0, False)):
+        folder = save_tiny_model(
+            tmp_path / f"g{gain}", backbone=BackboneConfig("test_gain", {"gain": gain}), sde=QUIET_SDE
+        )
+        enhancer = Enhancer.from_pretrained(folder, device="cpu")
+        x = _speechy(1.0) * 0.01
+        if fails:
+            with pytest.raises(DnsepError, match="dB over the input"):
+                enhancer.enhance(x, 16_000)
+        else:
+            y = enhancer.enhance(x, 16_000)
+            assert 3.0 < np.abs(y).max() / np.abs(x).max() < 10.0
