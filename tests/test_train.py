@@ -429,3 +429,20 @@ def test_validation_path_builds_no_autograd_graph():
     model.backbone.register_forward_hook(lambda module, args, output: seen.append(torch.is_grad_enabled()))
     enhance_waveform(model, noisy, sampler, None)
     assert seen == [False]
+
+
+def test_log_magnitude_loss_known_values() -> None:
+    from dnsep_cli.train import LOG_FLOOR, log_magnitude_loss
+
+    target = torch.zeros(2, 1, 4, 5, dtype=torch.complex64)
+    target[0] = 1.0  # a loud example, and a silent one
+    estimate = target.clone()
+    assert torch.equal(log_magnitude_loss(estimate, target), torch.zeros(2))
+    # a residual of 0.09 in silence costs log(0.1 / 0.01) = log 10; the same error on a bin of 1 costs log(1.09/1)
+    estimate = target + 0.09j
+    expected = torch.tensor([math.log(abs(1 + 0.09j) + LOG_FLOOR) - math.log(1 + LOG_FLOOR), math.log(10.0)])
+    torch.testing.assert_close(log_magnitude_loss(estimate, target), expected)
+    # the squared terms price the silent residual at 3.3x the loud one's, the log term at over 500x
+    squared = spectrum_loss(estimate, target)
+    assert squared[1] / squared[0] < 4 and expected[1] / expected[0] > 500
+    torch.testing.assert_close(spectrum_loss(estimate, target, log_weight=0.5), squared + 0.5 * expected)

@@ -54,6 +54,12 @@ def train(
         help="Share of each batch trained on the second pass (conditioned on the model's own first-pass output), "
         "besides --p-prior; for models run with passes > 1.",
     ),
+    log_weight: float = typer.Option(
+        0.0,
+        min=0,
+        help="Weight of a log-magnitude term in the spectrum losses (0: off); it penalises residual noise in "
+        "quiet bins, which the squared terms barely see.",
+    ),
     snr_low: float = typer.Option(-5.0, help="Lowest training SNR in dB."),
     snr_high: float = typer.Option(20.0, help="Highest training SNR in dB."),
     p_reverb: float = typer.Option(0.2, min=0, max=1),
@@ -181,6 +187,7 @@ def train(
         device=device,
         p_prior=p_prior,
         p_refine=p_refine,
+        log_weight=log_weight,
     )
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if device.startswith("cuda"):
