@@ -1,7 +1,7 @@
 """The enhancement pipeline behind ``dnsep enhance``, as a library: ``Enhancer``.
 
-    enhancer = Enhancer.from_pretrained("dnsep-base")          # or a folder, "hf:owner/name", an SGMSE+ .ckpt
-    clean = enhancer.enhance(noisy, sample_rate, seed=0)      # (L,) or (L, C) in, same shape and rate out
+    enhancer = Enhancer.from_pretrained()          # the default; or a name, a folder, "hf:owner/name", a .ckpt
+    clean = enhancer.enhance(noisy, sample_rate, seed=0)  # (L,) or (L, C) in, same shape and rate out
     report = enhancer.enhance_file("in.wav", "out.wav")
 
 Per file, as a stream of blocks so that memory stays flat however long the file is::
@@ -14,8 +14,10 @@ Per file, as a stream of blocks so that memory stays flat however long the file 
 
 - Level: the input is divided by its peak ``max |y|`` over all channels (one factor per file, found in a
   first pass) as the model was trained, and the output multiplied back, so it keeps the input's level.
-- Randomness: one ``torch.Generator`` per file, seeded from ``seed`` (drawn at random and reported when not
-  given); the same seed, device and settings give the same output.
+- Randomness: one ``torch.Generator`` per file, seeded from ``seed`` (``DEFAULT_SEED`` when not given, so
+  output is reproducible by default); the same seed, device and settings give the same output. A batch run
+  gives each file ``file_seed(seed, its relative path)``: independent draws per file, and the same output
+  for a file whatever order, batch, shard or worker it runs in.
 - Channels: a backbone that mixes channels sees all of them together; otherwise they are folded into the
   batch. Every channel is enhanced.
 - Attenuation limit (DeepFilterNet's): ``out = lim * noisy + (1 - lim) * enhanced``, ``lim = 10^(-|dB|/20)``,
@@ -34,6 +36,7 @@ Per file, as a stream of blocks so that memory stays flat however long the file 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -64,6 +67,18 @@ if TYPE_CHECKING:
     import torch
 
     from dnsep_cli.model import ScoreModel
+
+# The seed of a run that names none: output is reproducible by default.
+DEFAULT_SEED = 0
+SEED_LIMIT = 2**63  # torch generators take seeds in [0, 2^64); dnsep keeps them to signed 64-bit
+
+
+def file_seed(seed: int, key: str) -> int:
+    """The seed of one file of a run: ``seed`` and the file's relative path ``key`` hashed (BLAKE2b) to 32
+    bits. Stable across runs, platforms and Python versions (unlike ``hash``), short enough to read in a log."""
+    digest = hashlib.blake2b(f"{int(seed)}\0{key}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
+
 
 # -0.1 dBFS: where a file would clip, its peak is brought down to this.
 CLIP_CEILING = 10 ** (-0.1 / 20)
@@ -547,7 +562,10 @@ class Enhancer:
 
         rate, channels, frames = source.sample_rate, source.channels, source.frames
         block_frames = max(1, int(BLOCK_SECONDS * rate))
-        stats = _RunStats(seed=int.from_bytes(os.urandom(4), "little") if seed is None else int(seed))
+        seed = DEFAULT_SEED if seed is None else int(seed)
+        if not 0 <= seed < SEED_LIMIT:
+            raise UsageError(f"--seed must be in [0, 2^63), got {seed}")
+        stats = _RunStats(seed=seed)
         peak = stats.input_peak = _scan(source, block_frames)
         if peak == 0.0:
             stats.notes.append("silent input (all zeros): output is silence")

@@ -3,6 +3,7 @@ issue lists giving one clear line and a non-zero exit (never a traceback) while 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -312,3 +313,43 @@ def test_estimates_and_passes_reach_the_sampler(model_dir: Path, tmp_path: Path,
     np.testing.assert_allclose(written, expected, atol=1e-4)
     once = enhancer.enhance(x[:, 0], 16_000, seed=2, steps=0)
     assert not np.allclose(expected, once, atol=1e-3)  # the second pass changed the audio
+
+
+def test_output_is_reproducible_by_default_and_per_file(tiny_noisy: Path, tmp_path: Path, capsys) -> None:
+    """Issue 26: no --seed, same command, same bytes; each file's seed derives from the run seed and its path
+    inside the named folder, so a grown folder leaves the outputs of the files it had unchanged."""
+    from dnsep_cli.enhance import Enhancer, file_seed
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    sf.write(src / "a.wav", _signal(0.5), 16_000, subtype="FLOAT")
+    sf.write(src / "sub" / "b.wav", _signal(0.5), 16_000, subtype="FLOAT")  # the same audio as a.wav
+    code, out, _ = run_cli(["enhance", src, tmp_path / "one", "-m", tiny_noisy], capsys)
+    assert code == 0
+    seeds = {name: file_seed(0, name) for name in ("a.wav", "sub/b.wav")}
+    for name, seed in seeds.items():
+        assert f"{name} ({0.5:.1f} s audio" in out.replace("\\", "/") and f"seed {seed})" in out
+    a, b = sf.read(tmp_path / "one" / "a.wav")[0], sf.read(tmp_path / "one" / "sub" / "b.wav")[0]
+    assert not np.array_equal(a, b)  # same audio, independent draws
+    x = sf.read(src / "a.wav", dtype="float32")[0]
+    library = Enhancer.from_pretrained(tiny_noisy, device="cpu").enhance(x, 16_000, seed=seeds["a.wav"])
+    np.testing.assert_array_equal(a, library.astype(a.dtype))
+    sf.write(src / "0first.wav", _signal(0.7), 16_000, subtype="FLOAT")  # sorts before a.wav: a new order
+    assert run_cli(["enhance", src, tmp_path / "two", "-m", tiny_noisy, "--batch-size", "3", "-q"], capsys)[0] == 0
+    for rel in ("a.wav", "sub/b.wav"):
+        assert np.array_equal(sf.read(tmp_path / "one" / rel)[0], sf.read(tmp_path / "two" / rel)[0]), rel
+    code, _, err = run_cli(["enhance", src, tmp_path / "three", "-m", tiny_noisy, "--seed", str(2**63)], capsys)
+    assert code == 2 and len(_error_lines(err)) == 1 and "--seed must be in [0, 2^63)" in err
+
+
+def test_file_seed_is_stable() -> None:
+    """Pinned: changing the derivation changes every user's outputs, so it must be deliberate."""
+    from dnsep_cli.enhance import file_seed
+
+    assert file_seed(0, "a.wav") == file_seed(0, "a.wav") != file_seed(1, "a.wav")
+    assert file_seed(0, "a.wav") != file_seed(0, "sub/a.wav")
+    # the documented derivation: BLAKE2b-32 of "<seed>\0<relative path>", big-endian
+    assert file_seed(7, "sub/b.flac") == int.from_bytes(
+        hashlib.blake2b(b"7\0sub/b.flac", digest_size=4).digest(), "big"
+    )
+    assert file_seed(0, "a.wav") == 1710200264

@@ -30,6 +30,7 @@ class Job:
     input: Path
     output: Path | None
     error: str | None = None
+    key: str = ""  # the input's path relative to what was named on the command line: its seed derives from it
 
 
 @dataclass
@@ -77,7 +78,8 @@ def plan_jobs(paths: list[Path], output: Path | None, exts: tuple[str, ...], for
             paths[0].resolve() == output.resolve() or (output.exists() and paths[0].samefile(output))
         ):
             raise UsageError(f"{output}: the output is the input file; refusing to overwrite the input")
-        plan.jobs.append(Job(paths[0], output, None if paths[0].exists() else f"{paths[0]}: no such file or folder"))
+        error = None if paths[0].exists() else f"{paths[0]}: no such file or folder"
+        plan.jobs.append(Job(paths[0], output, error, key=paths[0].name))
         return plan
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output}: several inputs need an output folder, and this is a file")
@@ -96,9 +98,9 @@ def plan_jobs(paths: list[Path], output: Path | None, exts: tuple[str, ...], for
             files = _find_audio(path, exts, out_root)
             if not files:
                 plan.jobs.append(Job(path, None, f"{path}: no audio files here (looked for {', '.join(exts)})"))
-            plan.jobs += [Job(f, target(f.relative_to(path))) for f in files]
+            plan.jobs += [Job(f, target(f.relative_to(path)), key=f.relative_to(path).as_posix()) for f in files]
         else:
-            plan.jobs.append(Job(path, target(Path(path.name))))
+            plan.jobs.append(Job(path, target(Path(path.name)), key=path.name))
     seen: dict[Path, Path] = {}
     for job in plan.jobs:
         if job.output is None or job.error:
@@ -154,7 +156,12 @@ def enhance(
         help="The multi-step reverse process (t_start 0.5, 6 steps; slower). See the model card for whether it"
         " measures better than the model's default.",
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed: same seed and device, same output."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Run seed; each file's seed derives from it and the file's relative path (printed per file), so"
+        " the same command gives the same output, in any order or batch.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (fp16: CUDA only)."),
     chunk_seconds: float | None = typer.Option(None, "--chunk-seconds", help="Chunk length in seconds."),
@@ -177,6 +184,8 @@ def enhance(
 ) -> None:
     """Enhance noisy speech files with a score-based model."""
     exts = parse_extensions(ext)
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be in [0, 2^63), got {seed}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     if format is not None or subtype is not None:
@@ -265,15 +274,21 @@ def _settings_dict(enhancer) -> dict:
     return asdict(enhancer.settings) | {"nfe_per_chunk": enhancer.nfe_per_chunk(), "precision": enhancer.precision}
 
 
-def _run_job(enhancer, job: Job, overwrite: bool, format, subtype, seed, runner):
-    from dnsep_cli.enhance import FileReport
+def _run_job(enhancer, job: Job, overwrite: bool, format, subtype, seed: int, runner):
+    from dnsep_cli.enhance import FileReport, file_seed
 
     if job.error is not None or job.output is None:
         return FileReport(str(job.input), None, "failed", error=job.error)
     try:
         progress = runner.file_progress(job.input.name) if runner is not None else None
         return enhancer.enhance_file(
-            job.input, job.output, overwrite=overwrite, format=format, subtype=subtype, seed=seed, progress=progress
+            job.input,
+            job.output,
+            overwrite=overwrite,
+            format=format,
+            subtype=subtype,
+            seed=file_seed(seed, job.key),
+            progress=progress,
         )
     except UsageError:
         raise
@@ -291,7 +306,8 @@ def _describe(report) -> str:
     if report.status == "skipped":
         return f"skipped {report.input}: {report.output} exists (use --overwrite)"
     rtf = f", RTF {report.rtf:.2f}" if report.rtf is not None else ""
-    line = f"{report.input} -> {report.output} ({report.duration_s:.1f} s audio, {report.elapsed_s:.1f} s{rtf})"
+    timing = f"{report.duration_s:.1f} s audio, {report.elapsed_s:.1f} s{rtf}, seed {report.seed}"
+    line = f"{report.input} -> {report.output} ({timing})"
     for note in report.notes:
         line += f"\n  note: {note}"
     return line
