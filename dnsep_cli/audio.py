@@ -198,17 +198,45 @@ def check_writable_folder(folder: Path) -> None:
         raise DnsepError(f"{folder}: output folder is not writable")
 
 
+# The comment tag of every file dnsep enhances: --overwrite replaces only files that carry it.
+OUTPUT_MARK = "enhanced by dnsep"
+
+
+def is_dnsep_output(path: str | Path) -> bool:
+    """Whether ``path`` is an audio file that dnsep wrote (its comment tag starts with ``OUTPUT_MARK``)."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            return (f.comment or "").startswith(OUTPUT_MARK)
+    except (sf.SoundFileError, RuntimeError, OSError, TypeError):
+        return False
+
+
 class AtomicWriter:
     """Write an audio file block by block; it appears under its name only when complete.
 
     ``with AtomicWriter(path, rate, channels, format, subtype) as w: w.write(block)``: the blocks go to a
     hidden temporary file in the same folder, renamed over ``path`` when the ``with`` block ends normally.
     Any exception (``KeyboardInterrupt`` included) removes the temporary file and leaves ``path`` as it was.
+    With ``replace=False`` an existing ``path`` is never replaced, even one that appeared while the blocks
+    were written (another process): the file is published by a hard link, which fails where a file exists,
+    and ``OutputExists`` is raised. With ``mark`` the file carries dnsep's tags (``comment`` ``OUTPUT_MARK
+    <version>``, ``software``), in the formats whose headers hold text (WAV, AIFF, CAF, FLAC, OGG, MP3's
+    comment; not W64 or raw).
     """
 
-    def __init__(self, path: str | Path, sample_rate: int, channels: int, format: str, subtype: str) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        sample_rate: int,
+        channels: int,
+        format: str,
+        subtype: str,
+        mark: bool = False,
+        replace: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.sample_rate, self.channels, self.format, self.subtype = sample_rate, channels, format, subtype
+        self.mark, self.replace = mark, replace
         self._tmp: Path | None = None
         self._file: sf.SoundFile | None = None
 
@@ -222,6 +250,12 @@ class AtomicWriter:
         except (sf.SoundFileError, RuntimeError, OSError) as err:
             self._cleanup()
             raise DnsepError(f"{self.path}: cannot write ({str(err).strip()})") from None
+        if self.mark:
+            from dnsep_cli import __version__
+
+            for key, value in (("comment", f"{OUTPUT_MARK} {__version__}"), ("software", f"dnsep {__version__}")):
+                with contextlib.suppress(RuntimeError, sf.SoundFileError):  # a format without text tags
+                    setattr(self._file, key, value)
         return self
 
     def write(self, block: np.ndarray) -> None:
@@ -252,11 +286,34 @@ class AtomicWriter:
         try:
             self._file.close()
             self._file = None
-            os.replace(self._tmp, self.path)
+            if self.replace:
+                os.replace(self._tmp, self.path)
+            else:
+                self._publish_new()
             self._tmp = None
         except (sf.SoundFileError, RuntimeError, OSError) as err:
             self._cleanup()
             raise DnsepError(f"{self.path}: cannot write ({str(err).strip()})") from None
+
+    def _publish_new(self) -> None:
+        """Link the finished file to ``path`` without replacing anything there (no-replace rename)."""
+        assert self._tmp is not None
+        try:
+            os.link(self._tmp, self.path)
+        except FileExistsError:
+            self._cleanup()
+            raise OutputExists(f"{self.path}: appeared while this run wrote it; left as it is") from None
+        except OSError:  # a filesystem without hard links: check, then rename (a narrow race remains)
+            if self.path.exists():
+                self._cleanup()
+                raise OutputExists(f"{self.path}: appeared while this run wrote it; left as it is") from None
+            os.replace(self._tmp, self.path)
+            return
+        self._tmp.unlink()
+
+
+class OutputExists(DnsepError):
+    """The output file exists (it appeared while this run wrote it): nothing was replaced."""
 
 
 def write_audio(

@@ -52,9 +52,11 @@ from dnsep_cli.audio import (
     AtomicWriter,
     AudioInfo,
     FloatSpool,
+    OutputExists,
     StreamResampler,
     audio_info,
     check_writable_folder,
+    is_dnsep_output,
     iter_blocks,
     resolve_output_format,
 )
@@ -471,6 +473,7 @@ class Enhancer:
         out_path: str | Path,
         *,
         overwrite: bool = False,
+        force: bool = False,
         format: str | None = None,
         subtype: str | None = None,
         seed: int | None = None,
@@ -478,8 +481,13 @@ class Enhancer:
         **overrides: Any,
     ) -> FileReport:
         """Enhance one file into ``out_path`` (written atomically, in the input's format/subtype unless
-        ``format``/``subtype`` say otherwise). An existing output is skipped unless ``overwrite``; writing over
-        the input is refused. Raises ``DnsepError`` on failure; the returned report has status ok/skipped."""
+        ``format``/``subtype`` say otherwise) and tagged as dnsep's output (``audio.OUTPUT_MARK``).
+
+        An existing output that dnsep wrote is skipped, or replaced with ``overwrite``; any other existing file
+        (a recording the user did not mean as an output) fails the file and is left as it is, unless ``force``.
+        An output that appears while the file is enhanced (another process) is kept and reported as skipped.
+        Writing over the input is refused. Raises ``DnsepError`` on failure; the report's status is ok/skipped.
+        """
         in_path, out_path = Path(in_path), Path(out_path)
         settings = self.with_overrides(**overrides)
         info = audio_info(in_path)
@@ -496,12 +504,19 @@ class Enhancer:
             format=fmt,
             subtype=sub,
         )
-        if out_path.exists() and not overwrite:
-            report.status = "skipped"
-            report.notes.append("output exists (use --overwrite)")
-            return report
         if out_path.is_dir():
             raise DnsepError(f"{out_path}: is a folder; give an output file name")
+        # replaced only when it is there now: ours with overwrite, or force; one that appears later is kept
+        replace_existing = out_path.exists()
+        if replace_existing and not force:
+            if not is_dnsep_output(out_path):
+                raise DnsepError(
+                    f"{out_path}: exists and is not a dnsep output; left as it is (move it away, or --force)"
+                )
+            if not overwrite:
+                report.status = "skipped"
+                report.notes.append("output exists (use --overwrite)")
+                return report
         check_writable_folder(out_path.parent)
         start = time.perf_counter()
         sink = _SpoolSink(out_path, info.channels)
@@ -509,9 +524,16 @@ class Enhancer:
             stats = self._run(_FileSource(info), sink, settings, seed, progress)
             gain = self._clip_gain(sink.peak, stats, settings)
             block = max(1, int(BLOCK_SECONDS * info.sample_rate))
-            with AtomicWriter(out_path, info.sample_rate, info.channels, fmt, sub) as writer:
+            writer = AtomicWriter(
+                out_path, info.sample_rate, info.channels, fmt, sub, mark=True, replace=replace_existing
+            )
+            with writer:
                 for part in sink.spool.blocks(block):
                     writer.write(part * np.float32(gain) if gain != 1.0 else part)
+        except OutputExists as exists:
+            report.status = "skipped"
+            report.notes.append(str(exists))
+            return report
         finally:
             sink.spool.close()
         report.elapsed_s = time.perf_counter() - start

@@ -353,3 +353,57 @@ def test_file_seed_is_stable() -> None:
         hashlib.blake2b(b"7\0sub/b.flac", digest_size=4).digest(), "big"
     )
     assert file_seed(0, "a.wav") == 1710200264
+
+
+def test_overwrite_replaces_dnsep_outputs_never_recordings(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """Issue 26: ``dnsep enhance x.wav y.wav`` with a recording y.wav (two inputs, to a deepFilter user) must not
+    destroy y.wav, with or without --overwrite; --force says so explicitly. A re-run over dnsep's own output
+    skips it (exit 0) or, with --overwrite, replaces it."""
+    sf.write(tmp_path / "x.wav", _signal(0.5), 16_000)
+    sf.write(tmp_path / "y.wav", _signal(0.4), 16_000)
+    recording = (tmp_path / "y.wav").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_cli(["enhance", tmp_path / "x.wav", tmp_path / "y.wav", "-m", model_dir, *extra], capsys)
+        assert code == 1 and len(_error_lines(err)) == 1 and "is not a dnsep output" in err and "--force" in err
+        assert (tmp_path / "y.wav").read_bytes() == recording
+    assert run_cli(["enhance", tmp_path / "x.wav", tmp_path / "out.wav", "-m", model_dir, "-q"], capsys)[0] == 0
+    code, out, _ = run_cli(["enhance", tmp_path / "x.wav", tmp_path / "out.wav", "-m", model_dir], capsys)
+    assert code == 0 and out.startswith("skipped")
+    code, out, _ = run_cli(
+        ["enhance", tmp_path / "x.wav", tmp_path / "out.wav", "-m", model_dir, "--overwrite"], capsys
+    )
+    assert code == 0 and "->" in out
+    code, _, _ = run_cli(["enhance", tmp_path / "x.wav", tmp_path / "y.wav", "-m", model_dir, "--force", "-q"], capsys)
+    assert code == 0 and (tmp_path / "y.wav").read_bytes() != recording
+
+
+def test_no_output_is_an_input_of_the_same_run(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """Issue 19: ``dnsep enhance a.wav sub/a.wav -o sub/ --force`` would write enhanced a.wav over the input
+    sub/a.wav; likewise an output that is an input under another name (a hard link). Both are refused."""
+    (tmp_path / "sub").mkdir()
+    sf.write(tmp_path / "a.wav", _signal(0.5), 16_000)
+    sf.write(tmp_path / "sub" / "a.wav", _signal(0.4), 16_000)
+    before = (tmp_path / "sub" / "a.wav").read_bytes()
+    args = ["enhance", tmp_path / "a.wav", tmp_path / "sub" / "a.wav", "-o", tmp_path / "sub", "-m", model_dir]
+    code, _, err = run_cli([*args, "--force"], capsys)
+    lines = _error_lines(err)  # one per file: a.wav -> sub/a.wav, and sub/a.wav -> itself
+    assert code == 1 and len(lines) == 2 and all("sub/a.wav: is an input of this run" in ln for ln in lines)
+    assert (tmp_path / "sub" / "a.wav").read_bytes() == before
+    (tmp_path / "out").mkdir()
+    sf.write(tmp_path / "x.wav", _signal(0.3), 16_000)
+    os.link(tmp_path / "x.wav", tmp_path / "out" / "a.wav")  # out/a.wav is the input x.wav under another name
+    x_before = (tmp_path / "x.wav").read_bytes()
+    args = ["enhance", tmp_path / "a.wav", tmp_path / "x.wav", "-o", tmp_path / "out", "-m", model_dir, "--force"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "out/a.wav: is an input of this run" in err
+    assert (tmp_path / "x.wav").read_bytes() == x_before and (tmp_path / "out" / "x.wav").is_file()
+
+
+def test_a_trailing_slash_means_a_folder(model_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Issue 19: ``dnsep enhance a.wav newdir/`` wrote a file named newdir; the slash is kept as typed."""
+    monkeypatch.chdir(tmp_path)
+    sf.write("a.wav", _signal(0.5), 16_000)
+    for args in (["a.wav", "newdir/"], ["a.wav", "-o", "other/"]):
+        code, _, err = run_cli(["enhance", *args, "-m", model_dir, "-q"], capsys)
+        assert code == 0, err
+    assert Path("newdir/a.wav").is_file() and Path("other/a.wav").is_file()

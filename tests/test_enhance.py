@@ -236,16 +236,58 @@ def test_file_format_and_subtype_are_kept_unless_asked(quiet_gate: Enhancer, tmp
 
 
 def test_existing_output_is_skipped_and_input_never_overwritten(quiet_gate: Enhancer, tmp_path: Path) -> None:
+    """dnsep's own earlier output is skipped, or replaced with overwrite; a file dnsep did not write (a
+    recording) fails the file and is left as it is, even with overwrite, unless force."""
+    from dnsep_cli.audio import is_dnsep_output
+
     sf.write(tmp_path / "in.wav", _speechy(0.5), 16_000)
-    (tmp_path / "out.wav").write_bytes(b"old")
-    assert quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "out.wav").status == "skipped"
-    assert (tmp_path / "out.wav").read_bytes() == b"old"
+    first = quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "out.wav")
+    assert first.status == "ok" and is_dnsep_output(tmp_path / "out.wav") and not is_dnsep_output(tmp_path / "in.wav")
+    assert quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "out.wav", seed=5).status == "skipped"
     assert quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "out.wav", overwrite=True).status == "ok"
     assert sf.info(str(tmp_path / "out.wav")).frames == 8000
+    sf.write(tmp_path / "recording.wav", _speechy(0.3, seed=1), 16_000)
+    recording = (tmp_path / "recording.wav").read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(DnsepError, match=r"recording.wav: exists and is not a dnsep output; .*--force"):
+            quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "recording.wav", overwrite=overwrite)
+        assert (tmp_path / "recording.wav").read_bytes() == recording
+    (tmp_path / "notes.wav").write_bytes(b"not audio")
+    with pytest.raises(DnsepError, match="not a dnsep output"):
+        quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "notes.wav", overwrite=True)
+    assert quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "recording.wav", force=True).status == "ok"
+    assert is_dnsep_output(tmp_path / "recording.wav")
     before = (tmp_path / "in.wav").read_bytes()
     with pytest.raises(DnsepError, match="output is the input file"):
-        quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "." / "in.wav", overwrite=True)
+        quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "." / "in.wav", force=True)
     assert (tmp_path / "in.wav").read_bytes() == before
+
+
+@pytest.mark.parametrize(("name", "subtype"), [("a.wav", "PCM_16"), ("b.flac", "PCM_24"), ("c.ogg", "VORBIS")])
+def test_outputs_carry_the_mark_in_each_format(quiet_gate: Enhancer, tmp_path: Path, name: str, subtype: str) -> None:
+    from dnsep_cli import __version__
+
+    sf.write(tmp_path / name, _speechy(0.3), 16_000, subtype=subtype)
+    quiet_gate.enhance_file(tmp_path / name, tmp_path / "out" / name)
+    with sf.SoundFile(str(tmp_path / "out" / name)) as f:
+        assert f.comment == f"enhanced by dnsep {__version__}" and f.subtype == subtype
+
+
+def test_an_output_that_appears_meanwhile_is_kept(quiet_gate: Enhancer, tmp_path: Path, monkeypatch) -> None:
+    """Two processes on one folder: the output the other one published while this one ran is not replaced."""
+    sf.write(tmp_path / "in.wav", _speechy(0.5), 16_000)
+    real = Enhancer._run
+
+    def other_process_publishes(self, *args, **kwargs):
+        stats = real(self, *args, **kwargs)
+        sf.write(tmp_path / "out.wav", np.zeros(10), 16_000)
+        return stats
+
+    monkeypatch.setattr(Enhancer, "_run", other_process_publishes)
+    report = quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "out.wav")
+    assert report.status == "skipped" and "appeared while this run wrote it" in report.notes[0]
+    assert sf.info(str(tmp_path / "out.wav")).frames == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "out.wav"]  # no temporary left
 
 
 def _interrupt_after(calls: int, error: BaseException):

@@ -57,21 +57,25 @@ def _find_audio(folder: Path, exts: tuple[str, ...], exclude: Path | None) -> li
     return found
 
 
-def plan_jobs(paths: list[Path], output: Path | None, exts: tuple[str, ...], format: str | None) -> Plan:
-    """Map inputs to outputs. ``output`` is a file when there is one input file and ``output`` is not an
-    existing folder (nor ends in a slash); otherwise a folder: files go to ``output/name``, folders to
-    ``output/<path inside the folder>``. ``--format`` changes the output extension in folder mode."""
+def plan_jobs(
+    names: list[str] | list[Path], output_name: str | Path | None, exts: tuple[str, ...], format: str | None
+) -> Plan:
+    """Map inputs to outputs. The output is a file when there is one input file and the output is not an
+    existing folder (nor written with a trailing slash, kept as typed); otherwise a folder: files go to
+    ``output/name``, folders to ``output/<path inside the folder>``. ``--format`` changes the output extension
+    in folder mode. No output may be one of the run's inputs (the same file, by identity, not by name)."""
     from dnsep_cli.audio import FORMAT_EXTENSIONS
 
-    if not paths:
+    if not names:
         raise UsageError("give the input file(s) or folder(s) and an output")
-    if output is None:
-        if len(paths) < 2:
+    if output_name is None:
+        if len(names) < 2:
             raise UsageError("give an output: dnsep enhance IN OUT (or -o OUT)")
-        paths, output = paths[:-1], paths[-1]
+        names, output_name = names[:-1], names[-1]
+    paths, output = [Path(n) for n in names], Path(output_name)
     plan = Plan()
     output_is_file = (
-        len(paths) == 1 and not paths[0].is_dir() and not output.is_dir() and not str(output).endswith(("/", "\\"))
+        len(paths) == 1 and not paths[0].is_dir() and not output.is_dir() and not str(output_name).endswith(("/", "\\"))
     )
     if output_is_file:
         if paths[0].exists() and (
@@ -101,6 +105,7 @@ def plan_jobs(paths: list[Path], output: Path | None, exts: tuple[str, ...], for
             plan.jobs += [Job(f, target(f.relative_to(path)), key=f.relative_to(path).as_posix()) for f in files]
         else:
             plan.jobs.append(Job(path, target(Path(path.name)), key=path.name))
+    inputs = {_identity(job.input) for job in plan.jobs} - {None}
     seen: dict[Path, Path] = {}
     for job in plan.jobs:
         if job.output is None or job.error:
@@ -108,9 +113,20 @@ def plan_jobs(paths: list[Path], output: Path | None, exts: tuple[str, ...], for
         key = job.output.resolve()
         if key in seen:
             job.error = f"{job.input}: same output {job.output} as {seen[key]}; skipped"
+        elif _identity(job.output) in inputs:
+            job.error = f"{job.output}: is an input of this run; refusing to write over it"
         else:
             seen[key] = job.input
     return plan
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file's (device, inode): one file under two names (a link, ``sub/../a.wav``) is one identity."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 # Sampler settings of --quality: more reverse steps from an earlier start than a few-step default.
@@ -118,10 +134,12 @@ QUALITY_PRESET: dict[str, object] = {"t_start": 0.5, "steps": 6, "corrector": "n
 
 
 def enhance(
-    paths: list[Path] = typer.Argument(
+    paths: list[str] = typer.Argument(
         ..., help="Input files and/or folders, then the output file or folder (or use -o).", show_default=False
     ),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Output file or folder."),
+    output: str | None = typer.Option(
+        None, "--output", "-o", help="Output file or folder (a trailing / means a folder)."
+    ),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Shipped model name, model folder, hf:owner/name\\[@rev], or SGMSE+ .ckpt."
     ),
@@ -170,7 +188,12 @@ def enhance(
         None, "--atten-lim-db", help="Remove at most this many dB of noise (mixes some input back; default: no limit)."
     ),
     no_postfilter: bool = typer.Option(False, "--no-postfilter", help="Skip the DeepFilter post-filter."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace earlier dnsep outputs (default: skip them); never other files."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace any existing output file, even one dnsep did not write (a recording)."
+    ),
     ext: str | None = typer.Option(
         None, "--ext", help=f"Extensions to take from folders, comma-separated (default: {AUDIO_EXTENSIONS_HELP})."
     ),
@@ -236,7 +259,7 @@ def enhance(
     runner = _BarRunner(len(plan.jobs)) if show_bars else None
     try:
         for job in plan.jobs:
-            report = _run_job(enhancer, job, overwrite, format, subtype, seed, runner)
+            report = _run_job(enhancer, job, overwrite, force, format, subtype, seed, runner)
             reports.append(report)
             if report.status == "failed":
                 _echo_err(runner, f"dnsep: error: {report.error}")
@@ -274,7 +297,7 @@ def _settings_dict(enhancer) -> dict:
     return asdict(enhancer.settings) | {"nfe_per_chunk": enhancer.nfe_per_chunk(), "precision": enhancer.precision}
 
 
-def _run_job(enhancer, job: Job, overwrite: bool, format, subtype, seed: int, runner):
+def _run_job(enhancer, job: Job, overwrite: bool, force: bool, format, subtype, seed: int, runner):
     from dnsep_cli.enhance import FileReport, file_seed
 
     if job.error is not None or job.output is None:
@@ -285,6 +308,7 @@ def _run_job(enhancer, job: Job, overwrite: bool, format, subtype, seed: int, ru
             job.input,
             job.output,
             overwrite=overwrite,
+            force=force,
             format=format,
             subtype=subtype,
             seed=file_seed(seed, job.key),
