@@ -19,4 +19,7 @@ class MissingExtraError(DnsepError):
     """An optional dependency group is not installed; the message names the extra to install."""
 
     def __init__(self, extra: str, package: str) -> None:
-        super().__init__(f"this needs the optional package '{package}': pip install 'dnsep[{extra}]'")
+        super().__init__(
+            f"this needs the optional package '{package}': pip install 'dnsep[{extra}]' "
+            f"(from a clone of dnsep: pip install '.[{extra}]')"
+        )

@@ -50,22 +50,51 @@ def test_json_describes_the_model(model_dir: Path, capsys) -> None:
     assert "PESQ | 1.00" in info["card"]["measured_quality"]
 
 
-def test_tables_show_the_same_facts(model_dir: Path, capsys) -> None:
+def test_summary_shows_the_same_facts_on_one_screen(model_dir: Path, capsys, monkeypatch) -> None:
+    """Issue 26: the default view fits 80 columns and 40 lines; the card is behind --card."""
+    monkeypatch.setenv("COLUMNS", "80")
     code, out, _ = run_cli(["inspect", model_dir], capsys)
     assert code == 0
-    for text in ("tiny-test", "16000 Hz", "254 / 64", "GainBackbone", "ouve", "0.38898", "score evaluations", "21"):
+    for text in (
+        "tiny-test",
+        "16000 Hz",
+        "n_fft 254, hop 64",
+        "GainBackbone",
+        "ouve",
+        "0.388983",
+        "21 score evaluations",
+    ):
         assert text in out, text
-    for title in ("Model", "STFT and transform", "Backbone", "SDE", "Sampler defaults", "Post-filter"):
-        assert title in out
-    assert "Nothing: its gains are set by hand." in out and "PESQ" in out
+    for label in ("model", "front-end", "STFT", "backbone", "SDE", "sampler", "post-filter", "card"):
+        assert any(line.startswith(label + " ") for line in out.splitlines()), label
+    assert len(out.splitlines()) <= 40 and max(len(line) for line in out.splitlines()) <= 80
+    assert "Nothing: its gains are set by hand." not in out
+    code, out, _ = run_cli(["inspect", model_dir, "--card"], capsys)
+    assert code == 0 and "Nothing: its gains are set by hand." in out and "PESQ" in out
+
+
+def test_the_shipped_models_fit_80_columns(capsys, monkeypatch) -> None:
+    """``dnsep models`` and ``dnsep inspect`` at 80 columns: nothing cut (names and sentences whole)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(["models"], capsys)
+    assert code == 0 and max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
+    rows = json.loads(run_cli(["models", "--json"], capsys)[1])
+    for row in rows:
+        assert row["name"] in out and row["summary"].endswith(".") and "**" not in row["summary"]
+        assert " ".join(row["summary"].split()[:6]) in " ".join(out.split())
+        code, shown, _ = run_cli(["inspect", row["name"]], capsys)
+        assert code == 0 and len(shown.splitlines()) <= 40 and max(len(line) for line in shown.splitlines()) <= 80
 
 
 def test_model_without_card_or_postfilter(tmp_path: Path, capsys) -> None:
     folder = save_tiny_model(tmp_path / "plain", card=None)
     code, out, _ = run_cli(["inspect", folder], capsys)
-    assert code == 0 and "(not in the model card)" in out
+    assert code == 0 and "post-filter  none" in out
+    code, out, _ = run_cli(["inspect", folder, "--card"], capsys)
+    assert code == 0 and "no MODEL_CARD.md" in out
     info = json.loads(run_cli(["inspect", folder, "--json"], capsys)[1])
-    assert info["postfilter"] is None and info["card"] == {"training_data": None, "measured_quality": None}
+    assert info["postfilter"] is None
+    assert info["card"] == {"text": "", "training_data": None, "measured_quality": None}
 
 
 def test_sgmse_checkpoint_is_inspected_after_conversion(tmp_path: Path, capsys) -> None:
@@ -141,3 +170,13 @@ def test_zero_step_default_is_shown_as_the_one_shot_estimate(tmp_path: Path, cap
     code, out, _ = run_cli(["inspect", folder], capsys)
     assert code == 0 and "one-shot estimate" in out
     assert "predictor" not in out and "corrector" not in out  # settings that do not apply are not shown
+
+
+def test_enhance_help_shows_examples_and_whole_defaults(capsys, monkeypatch) -> None:
+    """Issue 26: --help shows the common calls, each on one line at 80 columns, and --ext's default whole."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(["enhance", "--help"], capsys)
+    assert code == 0 and "Examples" in out and "…" not in out
+    calls = [line.strip() for line in out.splitlines() if "dnsep enhance " in line and ":" in line]
+    assert len(calls) >= 5 and all(call.split(": ", 1)[1].startswith("dnsep enhance") for call in calls)
+    assert "mp3" in out and "rf64" in out

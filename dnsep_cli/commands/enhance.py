@@ -135,10 +135,13 @@ QUALITY_PRESET: dict[str, object] = {"t_start": 0.5, "steps": 6, "corrector": "n
 
 def enhance(
     paths: list[str] = typer.Argument(
-        ..., help="Input files and/or folders, then the output file or folder (or use -o).", show_default=False
+        ...,
+        help="Input files and/or folders, then the output file or folder (or use -o).",
+        show_default=False,
+        metavar="PATH",
     ),
     output: str | None = typer.Option(
-        None, "--output", "-o", help="Output file or folder (a trailing / means a folder)."
+        None, "--output", "-o", help="Output file or folder (a trailing / means a folder).", metavar="OUT"
     ),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Shipped model name, model folder, hf:owner/name\\[@rev], or SGMSE+ .ckpt."
@@ -195,7 +198,11 @@ def enhance(
         False, "--force", help="Replace any existing output file, even one dnsep did not write (a recording)."
     ),
     ext: str | None = typer.Option(
-        None, "--ext", help=f"Extensions to take from folders, comma-separated (default: {AUDIO_EXTENSIONS_HELP})."
+        None,
+        "--ext",
+        help="Extensions to take from folders, comma-separated (default: "
+        + ", ".join(AUDIO_EXTENSIONS_HELP.split(","))
+        + ").",
     ),
     format: str | None = typer.Option(
         None, "--format", help="Output format (WAV, FLAC, OGG, ...): default the input's."
@@ -392,5 +399,21 @@ class _BarRunner:
         self.progress.stop()
 
 
+EXAMPLES = """Examples:
+
+One file (any rate, any channels): dnsep enhance noisy.wav clean.wav
+
+A folder, recursively, keeping its tree: dnsep enhance recordings/ enhanced/
+
+Several files, a JSON report: dnsep enhance a.wav b.flac -o out/ --json
+
+The pure score model: dnsep enhance in.wav out.wav --model dnsep-base
+
+At most 12 dB of noise removed: dnsep enhance in.wav out.wav --atten-lim-db 12
+
+Redo dnsep's earlier outputs: dnsep enhance in/ out/ --overwrite
+"""
+
+
 def register(app: typer.Typer) -> None:
-    app.command("enhance")(enhance)
+    app.command("enhance", epilog=EXAMPLES)(enhance)

@@ -1,8 +1,8 @@
-"""``dnsep inspect [MODEL]``: what a model is, as rich tables or ``--json``.
+"""``dnsep inspect [MODEL]``: what a model is, on one screen, as its model card (``--card``) or ``--json``.
 
-Name and source, sample rate, STFT and spectrogram transform, backbone (class, parameters, size), the SDE
-(type, theta, sigma_min, sigma_max, T, t_eps, std at T), sampler defaults and their score evaluations, the
-post-filter, the front-end, and the model card's training data and measured quality.
+Name and source, sample rate, the front-end, STFT and spectrogram transform, backbone (class, parameters,
+size), the SDE (type, theta, sigma_min, sigma_max, T, t_eps, std at T), sampler defaults and their score
+evaluations, the post-filter; ``--card`` prints the model card, ``--json`` all of it with the card's text.
 """
 
 from __future__ import annotations
@@ -97,10 +97,20 @@ def describe_model(spec: str | None) -> dict[str, Any]:
         "total_parameters": total_params,
         "total_size_bytes": total_bytes,
         "card": {
+            "text": _card_text(source),
             "training_data": card_section(card, "training data", "data"),
             "measured_quality": card_section(card, "measured quality", "quality", "evaluation", "results"),
         },
     }
+
+
+def _card_text(source) -> str:
+    """The model card as written (empty for a checkpoint, which has none)."""
+    from dnsep_cli.config import CARD_FILE
+
+    if source.folder is None or not (source.folder / CARD_FILE).is_file():
+        return ""
+    return (source.folder / CARD_FILE).read_text(encoding="utf-8", errors="replace")
 
 
 def _frontend_info(cfg) -> dict[str, Any] | None:
@@ -133,121 +143,122 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _print_tables(info: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.markdown import Markdown
-    from rich.table import Table
+def _print_summary(info: dict[str, Any]) -> None:
+    """The model on one screen: a line or two per part, wrapped to the terminal (at most 100 columns)."""
+    import shutil
+    import textwrap
 
-    console = Console(highlight=False)
+    width = max(60, min(100, shutil.get_terminal_size((80, 24)).columns))
+    label_width = 13
 
-    def table(title: str, rows: list[tuple[str, Any]]) -> None:
-        t = Table(title=title, title_justify="left", show_header=False, min_width=50)
-        t.add_column("field", style="bold")
-        t.add_column("value")
-        for key, value in rows:
-            t.add_row(key, _fmt(value))
-        console.print(t)
+    def row(label: str, text: str) -> None:
+        typer.echo(
+            textwrap.fill(
+                text,
+                width=width,
+                initial_indent=f"{label:<{label_width}}",
+                subsequent_indent=" " * label_width,
+                break_on_hyphens=False,
+            )
+        )
 
-    bb, sde, st, sm = info["backbone"], info["sde"], info["stft"], info["sampler"]
-    table(
-        "Model",
-        [
-            ("name", info["name"]),
-            ("source", f"{info['source']['kind']}: {info['source']['location']}"),
-            ("sample rate", f"{info['sample_rate']} Hz"),
-            ("parameters", f"{info['total_parameters']:,} ({_size(info['total_size_bytes'])})"),
-        ],
-    )
-    table(
-        "STFT and transform",
-        [
-            ("n_fft / hop / window", f"{st['n_fft']} / {st['hop_length']} / {st['window']} (centre {st['center']})"),
-            ("bins", st["num_freqs"]),
-            ("frame / hop", f"{st['frame_ms']:.1f} ms / {st['hop_ms']:.1f} ms"),
-            ("transform", info["transform"]["formula"]),
-            ("level", info["input"]["normalize"]),
-            ("frames padded to", _padding(info["input"])),
-            ("chunks", f"{info['input']['chunk_seconds']:g} s, overlap {info['input']['overlap_seconds']:g} s"),
-        ],
-    )
-    table(
-        "Backbone",
-        [
-            ("name", bb["name"]),
-            ("class", bb["class"]),
-            ("parameters", f"{bb['parameters']:,} ({_size(bb['size_bytes'])})"),
-            ("predicts", bb["output"] + (f" (score sign {bb['score_sign']:g})" if bb["output"] == "score" else "")),
-            ("mixes channels", bb["mixes_channels"]),
-            ("settings", bb["params"]),
-        ],
-    )
-    sde_rows = [("type", f"{sde['type']} ({sde['class']})")]
-    sde_rows += [(k, sde[k]) for k in ("theta", "sigma_min", "sigma_max", "beta_min", "beta_max", "T") if k in sde]
-    sde_rows += [("t_eps", sde["t_eps"]), ("std at T", sde["std_at_T"]), ("std at t_eps", sde["std_at_t_eps"])]
-    table("SDE", sde_rows)
-    if sm["steps"] == 0:
-        # no reverse step runs, so the sampler's other settings do not apply
-        sampler_rows = [("steps", "0: the one-shot estimate D(y + std(T) z, y, T)")]
-        if sm["estimates"] > 1:
-            sampler_rows += [("estimates", f"{sm['estimates']}: its mean over as many prior draws z")]
-    else:
-        sampler_rows = [("sampler", sm["sampler"]), ("steps", sm["steps"])]
-        if sm["sampler"] == "pc":
-            sampler_rows += [
-                ("predictor", sm["predictor"]),
-                ("corrector", f"{sm['corrector']} x {sm['corrector_steps']}, snr {sm['snr']:g}"),
-            ]
-        sampler_rows += [("t_start", sm["t_start"]), ("denoise", sm["denoise"])]
-        if sm["t_start"] is not None:
-            sampler_rows += [("estimates", sm["estimates"])]
-    if sm["passes"] > 1:
-        sampler_rows += [("passes", f"{sm['passes']}: each pass on the previous pass's output")]
-    sampler_rows += [("score evaluations", sm["nfe"])]
-    table("Sampler defaults", sampler_rows)
-    pf = info["postfilter"]
-    table(
-        "Post-filter",
-        [("post-filter", "none")]
-        if pf is None
-        else [
-            ("name", pf["name"]),
-            ("parameters", f"{pf['parameters']:,} ({_size(pf['size_bytes'])})"),
-            ("settings", pf["params"]),
-        ],
+    bb, sde, st, sm, inp = info["backbone"], info["sde"], info["stft"], info["sampler"], info["input"]
+    typer.echo(info["name"])
+    row("source", f"{info['source']['kind']}: {info['source']['location']}")
+    row(
+        "model",
+        f"{info['sample_rate']} Hz, {info['total_parameters']:,} parameters ({_size(info['total_size_bytes'])})",
     )
     fe = info["frontend"]
-    table(
-        "Front-end",
-        [("front-end", "none")]
-        if fe is None
-        else [
-            ("name", fe["name"]),
-            *((k, fe[k]) for k in ("description", "version", "settings", "unavailable") if fe.get(k) is not None),
-            *(
-                [("runs at", f"{fe['sample_rate']} Hz, hops of {fe['hop']}, lag {fe['delay']} samples (removed)")]
-                if "sample_rate" in fe
-                else []
-            ),
-        ],
+    if fe is None:
+        row("front-end", "none")
+    elif "unavailable" in fe:
+        row("front-end", f"{fe['name']}, cannot load here: {fe['unavailable']}")
+    else:
+        row(
+            "front-end",
+            f"{fe['name']}: {fe['description']}, {fe['version']}; runs at {fe['sample_rate']} Hz in hops of "
+            f"{fe['hop']}, its lag of {fe['delay']} samples removed; full band kept above the model's rate",
+        )
+    row(
+        "STFT",
+        f"n_fft {st['n_fft']}, hop {st['hop_length']}, {st['window']} window, {st['num_freqs']} bins "
+        f"({st['frame_ms']:.1f} ms / {st['hop_ms']:.1f} ms); {info['transform']['formula']}",
     )
-    card = info["card"]
-    for title, key in (("Training data", "training_data"), ("Measured quality", "measured_quality")):
-        console.print(f"[bold]{title}[/bold]")
-        console.print(Markdown(card[key]) if card[key] else "(not in the model card)")
+    row(
+        "input",
+        f"level: {inp['normalize']}; chunks of {inp['chunk_seconds']:g} s, overlap {inp['overlap_seconds']:g} s; "
+        f"frames padded to a {_padding(inp)}",
+    )
+    predicts = bb["output"] + (f" (score sign {bb['score_sign']:g})" if bb["output"] == "score" else "")
+    mixes = "mixes channels" if bb["mixes_channels"] else "channels one by one"
+    row(
+        "backbone",
+        f"{bb['name']} ({bb['class']}), {bb['parameters']:,} parameters ({_size(bb['size_bytes'])}), predicts "
+        f"{predicts}, {mixes}; {_fmt(bb['params'])}",
+    )
+    coefficients = ", ".join(
+        f"{k} {_fmt(sde[k])}" for k in ("theta", "sigma_min", "sigma_max", "beta_min", "beta_max", "T") if k in sde
+    )
+    row(
+        "SDE",
+        f"{sde['type']} ({sde['class']}): {coefficients}; t_eps {_fmt(sde['t_eps'])}; std {_fmt(sde['std_at_T'])} "
+        f"at T, {_fmt(sde['std_at_t_eps'])} at t_eps",
+    )
+    row("sampler", _sampler_text(sm))
+    pf = info["postfilter"]
+    row(
+        "post-filter",
+        "none"
+        if pf is None
+        else f"{pf['name']}, {pf['parameters']:,} parameters ({_size(pf['size_bytes'])}); {_fmt(pf['params'])}",
+    )
+    row("card", "training data, measured quality, speed and limits: dnsep inspect MODEL --card")
+
+
+def _sampler_text(sm: dict[str, Any]) -> str:
+    if sm["steps"] == 0:  # no reverse step runs, so the sampler's other settings do not apply
+        text = "steps 0: the one-shot estimate D(y + std(T) z, y, T)"
+        if sm["estimates"] > 1:
+            text += f", its mean over {sm['estimates']} prior draws z"
+    else:
+        text = f"{sm['sampler']}, {sm['steps']} steps"
+        if sm["sampler"] == "pc":
+            text += f", predictor {sm['predictor']}, corrector {sm['corrector']} x {sm['corrector_steps']}"
+            text += f" (snr {sm['snr']:g})"
+        start = "T (the prior)" if sm["t_start"] is None else f"{sm['t_start']:g} from the one-shot estimate"
+        text += f", from t {start}, denoise {sm['denoise']}"
+        if sm["t_start"] is not None and sm["estimates"] > 1:
+            text += f", estimates {sm['estimates']}"
+    if sm["passes"] > 1:
+        text += f"; {sm['passes']} passes, each on the previous pass's output"
+    evaluations = "1 score evaluation" if sm["nfe"] == 1 else f"{sm['nfe']} score evaluations"
+    return text + f"; {evaluations} (NFE) per chunk"
+
+
+def _print_card(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    text = info["card"]["text"]
+    Console(highlight=False).print(Markdown(text) if text else "(this model has no MODEL_CARD.md)")
 
 
 def inspect(
     model: str | None = typer.Argument(
         None, help="Shipped model name, model folder, hf:owner/name\\[@rev] or SGMSE+ .ckpt; default: shipped."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the description as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON, the whole model card included."),
+    card: bool = typer.Option(False, "--card", help="Print the model card (training data, quality, speed, limits)."),
 ) -> None:
-    """Show what a model is: rate, STFT, backbone, SDE, sampler, post-filter, training data and quality."""
+    """Show what a model is: rate, front-end, STFT, backbone, SDE, sampler and post-filter on one screen."""
     info = describe_model(model)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
+    elif card:
+        _print_card(info)
     else:
-        _print_tables(info)
+        _print_summary(info)
 
 
 def register(app: typer.Typer) -> None:
