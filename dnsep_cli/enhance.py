@@ -58,6 +58,7 @@ from dnsep_cli.audio import (
     check_writable_folder,
     is_dnsep_output,
     iter_blocks,
+    remove_stale_temporaries,
     resolve_output_format,
 )
 from dnsep_cli.chunking import Chunk, ChunkLayout, ChunkSplitter, OverlapAdd
@@ -69,6 +70,9 @@ if TYPE_CHECKING:
     import torch
 
     from dnsep_cli.model import ScoreModel
+
+# Longest chunk: memory grows with it (an hour at 48 kHz is already a 170-million-sample spectrogram).
+MAX_CHUNK_SECONDS = 3600.0
 
 # The seed of a run that names none: output is reproducible by default.
 DEFAULT_SEED = 0
@@ -405,8 +409,8 @@ class Enhancer:
         if sm.t_start is not None:
             need(sm.t_eps < sm.t_start <= sde.T, f"t_start must be in (t_eps, {sde.T:g}], got {sm.t_start}")
         need(int(s.batch_size) == s.batch_size and s.batch_size >= 1, f"--batch-size must be >= 1, got {s.batch_size}")
-        need(s.chunk_seconds > 0, f"--chunk-seconds must be > 0, got {s.chunk_seconds}")
-        need(s.overlap_seconds >= 0, f"overlap must be >= 0 s, got {s.overlap_seconds}")
+        need(0 < s.chunk_seconds <= MAX_CHUNK_SECONDS, f"--chunk-seconds must be in (0, 3600], got {s.chunk_seconds}")
+        need(0 <= s.overlap_seconds < math.inf, f"overlap must be >= 0 s, got {s.overlap_seconds}")
         if s.atten_lim_db is not None:
             need(math.isfinite(s.atten_lim_db), f"--atten-lim-db must be a number of dB, got {s.atten_lim_db}")
         need(s.max_gain_db > 0, f"max_gain_db must be > 0 dB (inf: no check), got {s.max_gain_db}")
@@ -518,6 +522,7 @@ class Enhancer:
                 report.notes.append("output exists (use --overwrite)")
                 return report
         check_writable_folder(out_path.parent)
+        stale = remove_stale_temporaries(out_path)
         start = time.perf_counter()
         sink = _SpoolSink(out_path, info.channels)
         try:
@@ -540,6 +545,8 @@ class Enhancer:
         report.rtf = report.elapsed_s / info.duration if info.duration > 0 else None
         report.chunks, report.nfe, report.seed = stats.chunks, stats.nfe, stats.seed
         report.clip_gain_db, report.notes = stats.clip_gain_db, stats.notes
+        if stale:
+            report.notes.append(f"removed {stale} temporary file(s) that a killed earlier run left beside it")
         return report
 
     # -- the streaming core ------------------------------------------------------------------------------------

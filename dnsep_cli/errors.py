@@ -15,6 +15,12 @@ class UsageError(DnsepError):
     exit_code = 2
 
 
+class Interrupted(DnsepError):
+    """Ctrl-C or a termination signal stopped the run; the message says what was kept. Exit 130."""
+
+    exit_code = 130
+
+
 class MissingExtraError(DnsepError):
     """An optional dependency group is not installed; the message names the extra to install."""
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dnsep_cli.config import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, ModelConfig
-from dnsep_cli.errors import DnsepError
+from dnsep_cli.errors import DnsepError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -164,7 +164,7 @@ def resolve_model(
     if path.exists():
         raise DnsepError(f"{path} is a file, not a model folder (or an SGMSE+ .ckpt)")
     known = ", ".join(shipped) if shipped else "none installed"
-    raise DnsepError(f"unknown model {text!r}: not a shipped model ({known}), a folder, hf:owner/name or a .ckpt file")
+    raise UsageError(f"unknown model {text!r}: not a shipped model ({known}), a folder, hf:owner/name or a .ckpt file")
 
 
 def load_config(source: ModelSource) -> ModelConfig:

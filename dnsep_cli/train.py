@@ -597,24 +597,29 @@ class Trainer:
 
 @contextmanager
 def _interrupt_after_step() -> Iterator[Callable[[], bool]]:
-    """Within the block the first SIGINT only raises a flag (yielded as a callable), so a training loop can
-    stop between two steps with nothing half updated; the previous handler is back for a second SIGINT and
+    """Within the block the first SIGINT, SIGTERM or SIGHUP (Ctrl-C; what schedulers and ``timeout`` send; a
+    closed terminal) only raises a flag (yielded as a callable), so a training loop can stop between two steps
+    with nothing half updated and save its state; the previous handlers are back for a second signal and
     after the block. Outside the main thread (where Python delivers signals) nothing changes."""
     hit = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield hit.is_set
         return
-    previous = signal.getsignal(signal.SIGINT)
+    signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.getsignal(sig) for sig in signals}
 
-    def on_sigint(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         hit.set()
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for sig in signals:
+        signal.signal(sig, on_signal)
     try:
         yield hit.is_set
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @torch.no_grad()

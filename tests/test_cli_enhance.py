@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +186,7 @@ def test_usage_errors_exit_2(model_dir: Path, tmp_path: Path, capsys) -> None:
 def test_unknown_model_and_unwritable_output(model_dir: Path, tmp_path: Path, capsys) -> None:
     sf.write(tmp_path / "in.wav", _signal(0.3), 16_000)
     code, _, err = run_cli(["enhance", tmp_path / "in.wav", tmp_path / "out.wav", "-m", "no-such-model"], capsys)
-    assert code == 1 and len(_error_lines(err)) == 1 and "unknown model 'no-such-model'" in err
+    assert code == 2 and len(_error_lines(err)) == 1 and "unknown model 'no-such-model'" in err
     (tmp_path / "blocker").write_text("a file where a folder should be")
     code, _, err = run_cli(["enhance", tmp_path / "in.wav", tmp_path / "blocker" / "out.wav", "-m", model_dir], capsys)
     assert code == 1 and len(_error_lines(err)) == 1 and "cannot create output folder" in err
@@ -232,8 +233,8 @@ def test_interrupted_run_exits_130_and_leaves_nothing(model_dir: Path, tmp_path:
 
     monkeypatch.setattr(Enhancer, "_enhance_chunks", interrupted)
     (tmp_path / "out").mkdir()
-    code, _, _ = run_cli(["enhance", tmp_path / "in.wav", tmp_path / "out" / "o.wav", "-m", model_dir], capsys)
-    assert code == 130 and calls["n"] == 3
+    code, _, err = run_cli(["enhance", tmp_path / "in.wav", tmp_path / "out" / "o.wav", "-m", model_dir], capsys)
+    assert code == 130 and calls["n"] == 3 and err == "dnsep: interrupted\n"  # said in one line, not silent
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -407,3 +408,80 @@ def test_a_trailing_slash_means_a_folder(model_dir: Path, tmp_path: Path, capsys
         code, _, err = run_cli(["enhance", *args, "-m", model_dir, "-q"], capsys)
         assert code == 0, err
     assert Path("newdir/a.wav").is_file() and Path("other/a.wav").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["enhance", "in.wav", "out.wav", "--steps", "abc"], "Invalid value for '--steps'"),
+        (["enhance", "in.wav", "out.wav", "--bogus"], "No such option: --bogus"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+        (["enhance", "in.wav", "out.wav", "--chunk-seconds", "inf"], "--chunk-seconds must be in (0, 3600]"),
+        (["enhance", "in.wav", "out.wav", "--seed", "99999999999999999999"], "--seed must be in [0, 2^63)"),
+    ],
+)
+def test_command_line_errors_are_one_line_exit_2(argv, message, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Issue 19: Typer's parse errors were 4-6-line boxes; --chunk-seconds inf an OverflowError traceback."""
+    monkeypatch.chdir(tmp_path)
+    sf.write("in.wav", _signal(0.3), 16_000)
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("dnsep: error: ") and message in err
+
+
+def test_train_without_cuda_is_one_line(tmp_path: Path, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli(["train", tmp_path / "run", "--pairs", tmp_path, "--device", "cuda"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "CUDA is not available" in err
+
+
+def test_sigterm_leaves_no_debris(tmp_path: Path) -> None:
+    """Issue 19: SIGTERM (schedulers, ``timeout``) killed dnsep where it stood and left hidden spool files of
+    4 bytes per sample beside the output. Now it unwinds like Ctrl-C: exit 130, one line, nothing left."""
+    import signal
+
+    from dnsep_cli.config import ModelConfig, SamplerConfig, STFTConfig
+    from dnsep_cli.model import ScoreModel
+
+    cfg = ModelConfig(
+        name="osa-slow",
+        stft=STFTConfig(n_fft=254, hop_length=64),
+        sampler=SamplerConfig(steps=40, corrector="none"),
+        backbone=BackboneConfig("osa_unet", {"channels": [8, 12], "dilations": [1, 2], "num_convs": 2}),
+        chunk_seconds=2.0,
+        overlap_seconds=0.5,
+    )
+    ScoreModel(cfg).save_pretrained(tmp_path / "m")
+    sf.write(tmp_path / "in.wav", _signal(60.0), 16_000)
+    (tmp_path / "out").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dnsep_cli", "enhance", str(tmp_path / "in.wav"), str(tmp_path / "out" / "o.wav")]
+    proc = subprocess.Popen(
+        [*cmd, "-m", str(tmp_path / "m"), "--threads", "1"], stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".dnsep-spool") for p in (tmp_path / "out").iterdir()):  # processing has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "dnsep: interrupted"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """A run killed by SIGKILL cannot clean up; the next run of the same output removes dnsep's own stale
+    temporary files (untouched for an hour) and leaves fresh ones and other files alone."""
+    sf.write(tmp_path / "in.wav", _signal(0.5), 16_000)
+    stale = tmp_path / ".o.wav.abc123.dnsep-spool"
+    fresh = tmp_path / ".o.wav.def456.dnsep-tmp"
+    other = tmp_path / ".o.wav.notes"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"x" * 64)
+    hours_ago = time.time() - 7200
+    os.utime(stale, (hours_ago, hours_ago))
+    code, out, _ = run_cli(["enhance", tmp_path / "in.wav", tmp_path / "o.wav", "-m", model_dir], capsys)
+    assert code == 0 and "removed 1 temporary file(s)" in out
+    assert not stale.exists() and fresh.exists() and other.exists()

@@ -126,7 +126,7 @@ def test_sgmse_checkpoint_is_inspected_after_conversion(tmp_path: Path, capsys) 
 
 def test_unknown_model_is_one_line(capsys) -> None:
     code, out, err = run_cli(["inspect", "no-such-model"], capsys)
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""  # a usage error, as the README counts them
     assert err.strip().startswith("dnsep: error: unknown model 'no-such-model'") and err.count("\n") == 1
 
 

@@ -171,19 +171,21 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert torch.equal(straight.t_sampler.loss_history, resumed.t_sampler.loss_history)
 
 
-def test_ctrl_c_stops_between_steps_with_everything_saved(tmp_path):
-    """SIGINT during fit(): the step in progress finishes, state.pt and last/ are written, the handler is
-    restored, and resuming gives exactly the model of an uninterrupted run."""
-    handler_before = signal.getsignal(signal.SIGINT)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_stops_between_steps_with_everything_saved(tmp_path, signum):
+    """SIGINT (Ctrl-C), SIGTERM (a scheduler, ``timeout``) or SIGHUP during fit(): the step in progress
+    finishes, state.pt and last/ are written, the handler is restored, and resuming gives exactly the model of
+    an uninterrupted run."""
+    handler_before = signal.getsignal(signum)
 
     def interrupt_at_step_2(step: int, stats: dict) -> None:
         if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
     stopped = Trainer(_config(tmp_path / "b", max_steps=4), tiny_model_config(), synthetic_batches)
     state = stopped.fit(progress=interrupt_at_step_2)
     assert stopped.interrupted and state.step == 2
-    assert signal.getsignal(signal.SIGINT) is handler_before
+    assert signal.getsignal(signum) is handler_before
     assert (tmp_path / "b" / "last" / "model.safetensors").is_file()
 
     resumed = Trainer(_config(tmp_path / "b", max_steps=4), tiny_model_config(), synthetic_batches)
@@ -352,7 +354,7 @@ def test_cli_fine_tunes_a_model_grown_by_a_gru(tmp_path, capsys):
         (["--backbone", "temporal_hidden"], "KEY=VALUE", 2),
         (["--backbone", "temporal_hidden=lots"], "not a JSON value", 2),
         (["--backbone", "no_such_param=1"], "does not accept", 2),
-        (["--init", "no-such-model"], "unknown model 'no-such-model'", 1),
+        (["--init", "no-such-model"], "unknown model 'no-such-model'", 2),
     ],
 )
 def test_cli_rejects_bad_model_options(tmp_path, extra, message, code, capsys):

@@ -105,8 +105,9 @@ def train(
         raise UsageError(f"{out_dir} already holds a run: add --resume to continue it, or choose another folder")
     if threads:
         torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from dnsep_cli.enhance import resolve_device
+
+    device = str(resolve_device(device))  # one line where CUDA is asked for and missing
 
     model_config = base_model_config(output)
     if init is not None:
@@ -223,11 +224,9 @@ def train(
 
         state = trainer.fit(progress=report)
     if trainer.interrupted:
-        typer.echo(
-            f"dnsep: interrupted at step {state.step}; state saved, --resume continues, model in {out_dir}/last",
-            err=True,
-        )
-        raise typer.Exit(130)
+        from dnsep_cli.errors import Interrupted
+
+        raise Interrupted(f"interrupted at step {state.step}; state saved, --resume continues, model in {out_dir}/last")
     if not quiet:
         best = f"best at step {state.best_step}" if state.best_step >= 0 else "no validation"
         typer.echo(f"stopped at step {state.step} ({best}); models in {out_dir}/best and {out_dir}/last")
