@@ -14,6 +14,9 @@ from typing import Any
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
+# Bounds a config must keep: beyond them no recording is meant, only memory exhausted.
+MAX_SAMPLE_RATE = 384_000
+MAX_N_FFT = 16_384
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,28 @@ class ModelConfig:
     chunk_seconds: float = 8.0
     overlap_seconds: float = 1.0
     version: int = 1
+
+    def __post_init__(self) -> None:
+        """Refuse a config that no audio could use, before a network or a buffer is built from it (a hostile
+        or corrupt config.json: a zero rate divides by zero, a huge n_fft asks for gigabytes)."""
+
+        def whole(name: str, value: Any, low: int, high: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be a whole number in [{low}, {high}], got {value!r}")
+
+        whole("sample_rate", self.sample_rate, 1000, MAX_SAMPLE_RATE)
+        whole("stft.n_fft", self.stft.n_fft, 8, MAX_N_FFT)
+        whole("stft.hop_length", self.stft.hop_length, 1, self.stft.n_fft)
+        if self.stft.win_length is not None:
+            whole("stft.win_length", self.stft.win_length, 1, self.stft.n_fft)
+        whole("frame_multiple", self.frame_multiple, 1, 4096)
+        for name, value in (("chunk_seconds", self.chunk_seconds), ("overlap_seconds", self.overlap_seconds)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 3600:
+                raise ValueError(f"{name} must be a number of seconds in [0, 3600], got {value!r}")
+        if not self.chunk_seconds > 0:
+            raise ValueError(f"chunk_seconds must be > 0, got {self.chunk_seconds!r}")
+        if self.output not in ("score", "data", "v"):
+            raise ValueError(f"output must be score, data or v, got {self.output!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -287,6 +287,15 @@ def check_output_path(path: Path) -> str:
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise UsageError(f"output folder does not exist: {parent}")
+    # before any score is computed: a report that cannot be written would lose all of them
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".probe", dir=parent)
+    except OSError as err:
+        raise UsageError(f"cannot write in {parent} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+    if Path(path).exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{path}: exists and is not writable")
     return kind
 
 

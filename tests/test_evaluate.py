@@ -233,3 +233,17 @@ def test_cli_without_reference_scores_dnsmos_only(folders, tmp_path, capsys):
         (row,) = list(csv.DictReader(f))
     assert set(row) == {"file", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "error"}
     assert all(1.0 <= float(row[c]) <= 5.0 for c in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"))
+
+
+def test_an_unwritable_output_is_refused_before_scoring(folders, capsys, monkeypatch):
+    """Issue 19: ``-o /readonly/x.csv`` failed with an OSError after every score was computed (and lost)."""
+    import dnsep_cli.evaluate as evaluate_module
+
+    clean, _, enhanced = folders
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored before the output was checked")
+
+    monkeypatch.setattr(evaluate_module, "evaluate", never)
+    code, _, err = run_cli(["-e", str(enhanced), "-r", str(clean), "-m", "si_sdr", "-o", "/proc/scores.csv"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "cannot write in /proc" in err

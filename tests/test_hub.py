@@ -248,3 +248,29 @@ def test_hub_spec_and_card_parsing() -> None:
     assert sections["Training data"] == "A\n### sub\nB"
     assert card_section(sections, "quality") == "PESQ 2"
     assert card_section(sections, "licence") is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("sample_rate", 0, "sample_rate must be a whole number in [1000, 384000], got 0"),
+        ("sample_rate", -16000, "sample_rate must be a whole number"),
+        ("stft", {"n_fft": 10**9, "hop_length": 256}, "stft.n_fft must be a whole number in [8, 16384]"),
+        ("chunk_seconds", float("inf"), "chunk_seconds must be a number of seconds in [0, 3600]"),
+        ("output", "noise", "output must be score, data or v"),
+    ],
+)
+def test_a_hostile_config_is_one_line_before_anything_is_built(tmp_path: Path, capsys, key, value, message) -> None:
+    """Issue 19: a zero rate divided by zero in enhance and inspect, n_fft 1e9 gave a misleading chunk error."""
+    import json
+
+    from cli_runner import run_cli
+    from tiny_models import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "bad")
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    for argv in (["inspect", folder], ["enhance", tmp_path / "x.wav", tmp_path / "y.wav", "-m", folder]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 1 and err.count("\n") == 1 and message in err, err

@@ -448,3 +448,10 @@ def test_log_magnitude_loss_known_values() -> None:
     squared = spectrum_loss(estimate, target)
     assert squared[1] / squared[0] < 4 and expected[1] / expected[0] > 500
     torch.testing.assert_close(spectrum_loss(estimate, target, log_weight=0.5), squared + 0.5 * expected)
+
+
+def test_an_unwritable_run_folder_is_one_line(tmp_path, capsys):
+    """Issue 19: ``dnsep train /readonly/run`` ended in an OSError traceback."""
+    code = run_cli(["train", "/proc/dnsep-run", "--pairs", str(tmp_path), "--max-steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot write the run folder" in err

@@ -115,7 +115,10 @@ def convert(
         raise UsageError(f"{source}: no such checkpoint file (a dnsep model converts only with --frontend)")
 
     raw = read_checkpoint(checkpoint)
-    config, state = convert_checkpoint(raw, name=name or checkpoint.stem, source=str(checkpoint))
+    try:
+        config, state = convert_checkpoint(raw, name=name or checkpoint.stem, source=str(checkpoint))
+    except (ValueError, TypeError, KeyError) as err:
+        raise DnsepError(f"{checkpoint}: cannot convert ({str(err).strip().splitlines()[0]})") from None
     model = ScoreModel(config)
     try:
         model.load_state_dict(state, strict=True)

@@ -99,6 +99,7 @@ def train(
         raise UsageError("give exactly one data source: --corpus, --speech with --noise, or --pairs")
     if (speech is None) != (noise is None):
         raise UsageError("--speech and --noise go together")
+    _check_run_folder(out_dir)
     if resume and not (out_dir / "state.pt").is_file():
         raise UsageError(f"--resume: no checkpoint at {out_dir / 'state.pt'}")
     if not resume and (out_dir / "state.pt").exists():
@@ -230,6 +231,20 @@ def train(
     if not quiet:
         best = f"best at step {state.best_step}" if state.best_step >= 0 else "no validation"
         typer.echo(f"stopped at step {state.step} ({best}); models in {out_dir}/best and {out_dir}/last")
+
+
+def _check_run_folder(out_dir: Path) -> None:
+    """The run folder exists (made if needed) and takes files, before any data is loaded: one line if not."""
+    import os
+    import tempfile
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"{out_dir}: cannot write the run folder here ({err.strerror or err})") from None
 
 
 def _format_stats(stats: dict[str, float]) -> str:
