@@ -208,14 +208,18 @@ def load_model(source: ModelSource, device: str | torch.device = "cpu", dtype: t
         from safetensors.torch import load_file
 
         config = load_config(source)
+        weights = source.folder / WEIGHTS_FILE
+        # shapes first, memory later: the config's network on the meta device against the file's header, so a
+        # config.json asking for [4096, 4096, 4096] channels is refused before gigabytes are allocated
+        _check_shapes(source.folder, _expected_shapes(config, source.folder), _stored_shapes(weights))
         try:
             model = ScoreModel(config)
         except (ValueError, TypeError) as err:
             raise DnsepError(f"{source.folder}: cannot build the model ({_first_line(err)})") from None
         try:
-            state = load_file(str(source.folder / WEIGHTS_FILE))
+            state = load_file(str(weights))
         except (SafetensorError, OSError) as err:
-            raise DnsepError(f"{source.folder / WEIGHTS_FILE}: unreadable weights ({_first_line(err)})") from None
+            raise DnsepError(f"{weights}: unreadable weights ({_first_line(err)})") from None
     else:
         config, state = _load_checkpoint(source)
         model = ScoreModel(config)
@@ -224,6 +228,46 @@ def load_model(source: ModelSource, device: str | torch.device = "cpu", dtype: t
     except RuntimeError as err:
         raise DnsepError(f"{source.location}: weights do not match the config ({_first_line(err)})") from None
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _expected_shapes(config: ModelConfig, where: Path) -> dict[str, tuple[int, ...]]:
+    """The state dict's shapes of the network ``config`` describes, built on the meta device (no memory)."""
+    import torch
+
+    from dnsep_cli.model import ScoreModel
+
+    try:
+        with torch.device("meta"):
+            model = ScoreModel(config)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise DnsepError(f"{where}: cannot build the model ({_first_line(err)})") from None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes in a safetensors file, from its header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DnsepError(f"{path}: unreadable weights ({_first_line(err)})") from None
+
+
+def _check_shapes(where: Path, expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]]) -> None:
+    """One line naming the first tensor where the config and the weights disagree."""
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing:
+        raise DnsepError(f"{where}: weights do not match the config ({missing[0]} missing from the weights)")
+    if extra:
+        raise DnsepError(f"{where}: weights do not match the config ({extra[0]} is not in this network)")
+    for key, shape in expected.items():
+        if stored[key] != shape:
+            raise DnsepError(
+                f"{where}: weights do not match the config ({key} is {stored[key]} in the weights, {shape} in "
+                "the config)"
+            )
 
 
 def read_model_card(source: ModelSource) -> dict[str, str]:

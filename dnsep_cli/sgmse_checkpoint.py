@@ -156,6 +156,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DnsepError(f"{path}: no such checkpoint file")
+    _refuse_zip_bomb(path)
     try:
         data = torch.load(path, map_location="cpu", pickle_module=_pickle_module(str(path)), weights_only=False)
     except DnsepError:
@@ -166,6 +167,38 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DnsepError(f"{path}: not a Lightning checkpoint (the file holds a {type(data).__name__}, not a dict)")
     return data
+
+
+# A checkpoint's pickle holds names and numbers; its tensors are separate zip members.
+MAX_PICKLE_BYTES = 64 * 2**20
+# A torch zip stores its tensors uncompressed: one that inflates far beyond its size on disk is a zip bomb.
+MAX_INFLATION = 20
+
+
+def _refuse_zip_bomb(path: Path) -> None:
+    """Read the zip's member sizes before anything is inflated: a 6.7 MB file whose data.pkl inflates to
+    6 GiB would otherwise exhaust memory inside the unpickler."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # the legacy (pre-1.6) format: torch reads it as one pickle stream
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DnsepError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+    for info in infos:
+        if info.filename.endswith(".pkl") and info.file_size > MAX_PICKLE_BYTES:
+            raise DnsepError(
+                f"{path}: its {info.filename} inflates to {info.file_size / 2**20:.0f} MiB (at most "
+                f"{MAX_PICKLE_BYTES // 2**20} MiB of names and numbers expected); refusing to read it"
+            )
+    inflated = sum(info.file_size for info in infos)
+    if inflated > max(MAX_INFLATION * path.stat().st_size, 256 * 2**20):
+        raise DnsepError(
+            f"{path}: inflates to {inflated / 2**30:.1f} GiB from {path.stat().st_size / 2**20:.1f} MiB on disk; "
+            "refusing to read it"
+        )
 
 
 # -- hyper-parameters -> ModelConfig ---------------------------------------------------------------------------
@@ -327,8 +360,10 @@ def convert_checkpoint(
         raise DnsepError(f"{source}: no hyper_parameters in the checkpoint (not an SGMSE+ checkpoint?)")
     config = config_from_hparams(dict(hparams), name=name)
     try:
-        backbone = build_backbone(config.backbone.name, dict(config.backbone.params))
-    except (TypeError, ValueError) as err:
+        # on the meta device: shapes without memory, so hyper-parameters like nf 1e9 cost nothing to refuse
+        with torch.device("meta"):
+            backbone = build_backbone(config.backbone.name, dict(config.backbone.params))
+    except (TypeError, ValueError, RuntimeError) as err:
         raise DnsepError(f"{source}: cannot build its backbone: {err}") from err
     weights = select_weights(checkpoint, backbone, source)
     return config, {f"backbone.{k}": v.to(torch.float32) for k, v in weights.items()}

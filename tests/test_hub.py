@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -274,3 +277,54 @@ def test_a_hostile_config_is_one_line_before_anything_is_built(tmp_path: Path, c
     for argv in (["inspect", folder], ["enhance", tmp_path / "x.wav", tmp_path / "y.wav", "-m", folder]):
         code, _, err = run_cli(argv, capsys)
         assert code == 1 and err.count("\n") == 1 and message in err, err
+
+
+def _run_limited(argv: list[str], limit_bytes: int) -> subprocess.CompletedProcess:
+    """``dnsep ARGV`` in a subprocess whose address space is capped: allocating past it fails there."""
+    code = (
+        "import resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_AS, ({limit_bytes}, {limit_bytes})); "
+        "from dnsep_cli.cli import main; main(sys.argv[1:])"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
+
+
+HOSTILE_LIMIT = 3 * 2**30  # far below what the hostile models would allocate (4-6.6 GB), above dnsep's own needs
+
+
+def test_a_config_that_does_not_fit_its_weights_is_refused_before_allocating(tmp_path: Path) -> None:
+    """Issue 19: config.json with channels [4096, 4096, 4096] built a 6.6 GB network before the weights were
+    compared. Now the shapes are compared first (the network on the meta device, the safetensors header)."""
+    import json
+
+    from conftest import tiny_model_config
+
+    from dnsep_cli.model import ScoreModel
+
+    folder = tmp_path / "hostile"
+    ScoreModel(tiny_model_config()).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["backbone"]["params"]["channels"] = [4096, 4096]  # the tiny model's two levels, 4096 channels each
+    (folder / "config.json").write_text(json.dumps(config))
+    done = _run_limited(["inspect", str(folder)], HOSTILE_LIMIT)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "weights do not match the config" in done.stderr
+    assert "in the weights" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path: Path) -> None:
+    """Issue 19: a small .ckpt whose data.pkl inflates to gigabytes exhausted memory inside the unpickler."""
+    import zipfile
+
+    path = tmp_path / "bomb.ckpt"
+    with (
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open("archive/data.pkl", "w", force_zip64=True) as member,
+    ):
+        for _ in range(100):  # 100 MiB of zeros: a few hundred KB on disk
+            member.write(b"\0" * 2**20)
+    assert path.stat().st_size < 2**20
+    done = _run_limited(["inspect", str(path)], HOSTILE_LIMIT)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "inflates to 100 MiB" in done.stderr
