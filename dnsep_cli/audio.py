@@ -145,19 +145,28 @@ class StreamResampler:
 def resolve_output_format(
     info: AudioInfo, out_path: str | Path, format: str | None = None, subtype: str | None = None
 ) -> tuple[str, str]:
-    """The (format, subtype) to write: ``--format``/``--subtype`` when given; else the output extension's
-    format when it names another one (``in.wav out.flac``); else the input's. The input's subtype is kept
-    when the output format allows it, otherwise the format's default."""
+    """The (format, subtype) to write. The output's extension decides the format (``in.wav out.flac``: FLAC);
+    ``--format`` must agree with it, or name the format of an output without an extension; with neither,
+    the input's format. An unknown extension is refused rather than written as WAV under a wrong name. The
+    input's subtype is kept when the output format allows it, otherwise the format's default."""
+    ext = Path(out_path).suffix.lower()
+    by_ext = {e: f for f, e in FORMAT_EXTENSIONS.items() if f not in ("WAVEX",)}
+    by_ext[".aif"] = "AIFF"
+    by_ext[".oga"] = "OGG"
+    if ext and ext not in by_ext:
+        known = " ".join(sorted(by_ext))
+        raise UsageError(f"{Path(out_path).name}: unknown audio extension {ext} (dnsep writes {known})")
     if format is not None:
         fmt = format.upper()
         if fmt not in sf.available_formats():
             known = ", ".join(sorted(FORMAT_EXTENSIONS))
             raise UsageError(f"unknown output format {format!r}; e.g. {known}")
+        if ext and FORMAT_EXTENSIONS.get(fmt, ext) != ext and by_ext[ext] != fmt:
+            raise UsageError(
+                f"--format {fmt} does not match the output name {Path(out_path).name} (a {by_ext[ext]} file): "
+                "rename the output or drop --format"
+            )
     else:
-        ext = Path(out_path).suffix.lower()
-        by_ext = {e: f for f, e in FORMAT_EXTENSIONS.items() if f not in ("WAVEX",)}
-        by_ext[".aif"] = "AIFF"
-        by_ext[".oga"] = "OGG"
         fmt = by_ext.get(ext, info.format)
         if fmt == "WAV" and info.format in ("WAV", "WAVEX"):
             fmt = info.format

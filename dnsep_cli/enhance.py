@@ -74,6 +74,9 @@ if TYPE_CHECKING:
 # Longest chunk: memory grows with it (an hour at 48 kHz is already a 170-million-sample spectrogram).
 MAX_CHUNK_SECONDS = 3600.0
 
+# Most reverse steps: SGMSE+ publishes 30; a thousand is already slow on a GPU.
+MAX_STEPS = 1000
+
 # The seed of a run that names none: output is reproducible by default.
 DEFAULT_SEED = 0
 SEED_LIMIT = 2**63  # torch generators take seeds in [0, 2^64); dnsep keeps them to signed 64-bit
@@ -394,16 +397,19 @@ class Enhancer:
             if not ok:
                 raise UsageError(message)
 
-        def need_whole(option: str, value: float, least: int, note: str = "") -> None:
+        def need_whole(option: str, value: float, least: int, note: str = "", most: int | None = None) -> None:
             need(int(value) == value and value >= least, f"{option} must be an integer >= {least}{note}, got {value}")
+            if most is not None:
+                need(value <= most, f"{option} must be at most {most}, got {value}")
 
         need(sm.sampler in SAMPLERS, f"unknown sampler {sm.sampler!r}: use {', '.join(SAMPLERS)}")
         need(sm.predictor in PREDICTORS, f"unknown predictor {sm.predictor!r}: use {', '.join(PREDICTORS)}")
         need(sm.corrector in CORRECTORS, f"unknown corrector {sm.corrector!r}: use {', '.join(CORRECTORS)}")
-        need_whole("--steps", sm.steps, 0, " (0: the one-shot estimate alone)")
-        need_whole("--estimates", sm.estimates, 1)
-        need_whole("--passes", sm.passes, 1)
-        need_whole("--corrector-steps", sm.corrector_steps, 0)
+        # upper bounds: past them a run takes days per minute of audio (1e8 steps ran until killed)
+        need_whole("--steps", sm.steps, 0, " (0: the one-shot estimate alone)", most=MAX_STEPS)
+        need_whole("--estimates", sm.estimates, 1, most=64)
+        need_whole("--passes", sm.passes, 1, most=16)
+        need_whole("--corrector-steps", sm.corrector_steps, 0, most=100)
         need(math.isfinite(sm.snr) and sm.snr > 0, f"--snr must be > 0, got {sm.snr}")
         need(0 < sm.t_eps < sde.T, f"--t-eps must be in (0, {sde.T:g}), got {sm.t_eps}")
         if sm.t_start is not None:

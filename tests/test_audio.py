@@ -114,14 +114,22 @@ def test_output_format_follows_input_extension_and_options(tmp_path: Path) -> No
     assert resolve_output_format(info, tmp_path / "b.wav") == ("WAV", "PCM_24")
     assert resolve_output_format(info, tmp_path / "b.flac") == ("FLAC", "PCM_24")
     assert resolve_output_format(info, tmp_path / "b.wav", subtype="float") == ("WAV", "FLOAT")
-    assert resolve_output_format(info, tmp_path / "b.wav", format="flac") == ("FLAC", "PCM_24")
+    assert resolve_output_format(info, tmp_path / "b", format="flac") == ("FLAC", "PCM_24")
+    assert resolve_output_format(info, tmp_path / "b.flac", format="flac") == ("FLAC", "PCM_24")
+    assert resolve_output_format(info, tmp_path / "b.wav", format="wavex") == ("WAVEX", "PCM_24")
+    # issue 19: FLAC data under a .wav name, and .opus/.xyz written as WAV, are refused in one line
+    with pytest.raises(UsageError, match=r"--format FLAC does not match the output name b.wav \(a WAV file\)"):
+        resolve_output_format(info, tmp_path / "b.wav", format="flac")
+    for name in ("b.opus", "b.xyz"):
+        with pytest.raises(UsageError, match=f"{name}: unknown audio extension"):
+            resolve_output_format(info, tmp_path / name)
     write_audio(tmp_path / "f.wav", _tone(100, 1), 16_000, subtype="FLOAT")
     # FLAC has no float subtype: the format's default instead.
     assert resolve_output_format(audio_info(tmp_path / "f.wav"), tmp_path / "f.flac") == ("FLAC", "PCM_16")
     with pytest.raises(UsageError, match="cannot be written"):
         resolve_output_format(info, tmp_path / "b.flac", subtype="FLOAT")
     with pytest.raises(UsageError, match="unknown output format"):
-        resolve_output_format(info, tmp_path / "b.wav", format="xyz")
+        resolve_output_format(info, tmp_path / "b", format="xyz")
 
 
 def _leftovers(folder: Path) -> list[str]:

@@ -418,6 +418,13 @@ def test_a_trailing_slash_means_a_folder(model_dir: Path, tmp_path: Path, capsys
         (["no-such-command"], "No such command 'no-such-command'"),
         (["enhance", "in.wav", "out.wav", "--chunk-seconds", "inf"], "--chunk-seconds must be in (0, 3600]"),
         (["enhance", "in.wav", "out.wav", "--seed", "99999999999999999999"], "--seed must be in [0, 2^63)"),
+        (["enhance", "-", "out.wav"], "'-' (standard input or output) is not supported"),
+        (["enhance", "in.wav", "out.wav", "--steps", "100000000"], "--steps must be at most 1000"),
+        (["enhance", "in.wav", "out.wav", "--passes", "1000"], "--passes must be at most 16"),
+        (["enhance", "in.wav", "out.wav", "--corrector-steps", "101"], "--corrector-steps must be at most 100"),
+        (["enhance", "in.wav", "-"], "'-' (standard input or output) is not supported"),
+        (["enhance", "in.wav", "out.xyz"], "out.xyz: unknown audio extension .xyz"),
+        (["enhance", "in.wav", "out.wav", "--format", "FLAC"], "--format FLAC does not match the output name"),
     ],
 )
 def test_command_line_errors_are_one_line_exit_2(argv, message, tmp_path: Path, capsys, monkeypatch) -> None:

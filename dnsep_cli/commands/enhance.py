@@ -72,6 +72,8 @@ def plan_jobs(
         if len(names) < 2:
             raise UsageError("give an output: dnsep enhance IN OUT (or -o OUT)")
         names, output_name = names[:-1], names[-1]
+    if "-" in [str(n) for n in (*names, output_name)]:
+        raise UsageError("'-' (standard input or output) is not supported: give file or folder names")
     paths, output = [Path(n) for n in names], Path(output_name)
     plan = Plan()
     output_is_file = (
