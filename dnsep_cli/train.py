@@ -536,6 +536,20 @@ class Trainer:
         self.interrupted = interrupted()
         return state
 
+    def _log_row(self, writer: Any, step: int, means: dict[str, float], val: dict[str, float]) -> None:
+        """One row of log.csv: the step, time, mean losses since the previous row, lr, validation metrics."""
+        writer.writerow(
+            [
+                step,
+                f"{self.state.elapsed:.1f}",
+                f"{means.get('loss', float('nan')):.5f}",
+                f"{means.get('pf_loss', float('nan')):.5f}",
+                f"{means.get('grad_norm', float('nan')):.3f}",
+                f"{lr_at(step, self.cfg):.2e}",
+                *(f"{val[k]:.4f}" if k in val else "" for k in ("pesq", "estoi", "si_sdr")),
+            ]
+        )
+
     def _loop(self, progress: Callable[[int, dict[str, float]], None] | None, stop: Callable[[], bool]) -> TrainState:
         cfg = self.cfg
         start = time.monotonic()
@@ -572,17 +586,7 @@ class Trainer:
                 if step % cfg.log_every == 0 or val:
                     means = {k: v / summed for k, v in running.items()}
                     running, summed = {}, 0
-                    writer.writerow(
-                        [
-                            step,
-                            f"{self.state.elapsed:.1f}",
-                            f"{means.get('loss', float('nan')):.5f}",
-                            f"{means.get('pf_loss', float('nan')):.5f}",
-                            f"{means.get('grad_norm', float('nan')):.3f}",
-                            f"{lr_at(step, cfg):.2e}",
-                            *(f"{val[k]:.4f}" if k in val else "" for k in ("pesq", "estoi", "si_sdr")),
-                        ]
-                    )
+                    self._log_row(writer, step, means, val)
                     log_file.flush()
                     logged = {**means, **val}
                 if progress is not None:
@@ -590,6 +594,8 @@ class Trainer:
                 if time.monotonic() - last_ckpt >= cfg.checkpoint_every:
                     self.save_state()
                     last_ckpt = time.monotonic()
+            if summed:  # the steps since the last row: a run shorter than log_every still leaves its losses
+                self._log_row(writer, self.state.step, {k: v / summed for k, v in running.items()}, {})
         self.save_state()
         self.export(self.out / "last", self.state.history[-1] if self.state.history else {})
         return self.state

@@ -200,7 +200,8 @@ def test_ctrl_c_stops_between_steps_with_everything_saved(tmp_path, signum):
 
 
 def test_log_rows_average_the_steps_since_the_last_row(tmp_path):
-    """After a resume at step 3 with log_every 4, step 4's row is that one step's loss, not a quarter of it."""
+    """After a resume at step 3 with log_every 4, step 4's row is that one step's loss, not a quarter of it; the
+    first run, shorter than log_every, still logged its 3 steps (issue 19: log.csv held only its header)."""
     Trainer(_config(tmp_path, max_steps=3, log_every=4), tiny_model_config(), synthetic_batches).fit()
     resumed = Trainer(_config(tmp_path, max_steps=8, log_every=4), tiny_model_config(), synthetic_batches)
     resumed.load_state()
@@ -216,7 +217,7 @@ def test_log_rows_average_the_steps_since_the_last_row(tmp_path):
     resumed.fit()
     with (tmp_path / "log.csv").open() as f:
         logged = {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
-    assert sorted(logged) == [4, 8]
+    assert sorted(logged) == [3, 4, 8]
     assert logged[4] == pytest.approx(losses[0], abs=1e-5)
     assert logged[8] == pytest.approx(float(np.mean(losses[1:5])), abs=1e-5)
 
@@ -455,3 +456,25 @@ def test_an_unwritable_run_folder_is_one_line(tmp_path, capsys):
     code = run_cli(["train", "/proc/dnsep-run", "--pairs", str(tmp_path), "--max-steps", "1"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "cannot write the run folder" in err
+
+
+def test_speech_and_noise_folders_validate_on_their_valid_split(tmp_path, capsys):
+    """Issue 19: --speech/--noise never validated (no best/) yet said "models in RUN/best and RUN/last", and a
+    model trained from scratch called itself dnsep-base. With --split train the same splits.csv's valid rows
+    validate; without one, the run says there is no validation and names only last/."""
+    _write_folder(tmp_path / "speech", 3, "speech")
+    _write_folder(tmp_path / "noise", 2, "noise")
+    rows = ["file,kind,split"]
+    rows += [f"speech/speech{i}.wav,speech,{'valid' if i == 2 else 'train'}" for i in range(3)]
+    rows += [f"noise/noise{i}.wav,noise,{'valid' if i == 1 else 'train'}" for i in range(2)]
+    (tmp_path / "splits.csv").write_text("\n".join(rows) + "\n")
+    common = ["--speech", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise"), "--batch-size", "2"]
+    common += ["--segment-seconds", "0.5", "--max-steps", "2", "--validate-every", "2", "--val-items", "1"]
+    assert run_cli(["train", str(tmp_path / "split-run"), *common, "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "split-run" / "best" / "model.safetensors").is_file() and "best at step 2" in out
+    assert ScoreModel.from_pretrained(tmp_path / "split-run" / "best").config.name == "split-run"
+    assert run_cli(["train", str(tmp_path / "plain-run"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "no validation set" in out and not (tmp_path / "plain-run" / "best").exists()
+    assert out.strip().splitlines()[-1].endswith(f"model in {tmp_path / 'plain-run'}/last")

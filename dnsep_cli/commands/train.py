@@ -125,6 +125,8 @@ def train(
         model_config = _with_frontend(model_config, frontend)
     if backbone:
         model_config = _with_backbone_params(model_config, backbone)
+    # the model is named after its run, not after the architecture it started from (dnsep-base)
+    model_config = replace(model_config, name=out_dir.resolve().name)
     sr = model_config.sample_rate
     mix = data.MixConfig(
         segment_seconds=segment_seconds,
@@ -150,6 +152,14 @@ def train(
             train_speech = data.list_corpus(speech.parent, speech.name, split, subset)
             train_noise = data.list_corpus(noise.parent, noise.name, split, subset)
             val_speech, val_noise = [], []
+            if split is not None and split != "valid":  # the same splits.csv names the held-out files
+                val_speech = data.list_corpus(speech.parent, speech.name, "valid")
+                val_noise = data.list_corpus(noise.parent, noise.name, "valid")
+            if not (val_speech and val_noise) and val_items > 0 and not quiet:
+                typer.echo(
+                    "no validation set (--speech/--noise without --split and a 'valid' split in splits.csv): "
+                    f"no best/ model, only {out_dir}/last"
+                )
         if not quiet:
             typer.echo(f"loading {len(train_speech)} speech and {len(train_noise)} noise files ...")
         dataset = data.MixtureDataset(
@@ -229,8 +239,13 @@ def train(
 
         raise Interrupted(f"interrupted at step {state.step}; state saved, --resume continues, model in {out_dir}/last")
     if not quiet:
-        best = f"best at step {state.best_step}" if state.best_step >= 0 else "no validation"
-        typer.echo(f"stopped at step {state.step} ({best}); models in {out_dir}/best and {out_dir}/last")
+        if state.best_step >= 0:
+            typer.echo(
+                f"stopped at step {state.step} (best at step {state.best_step}); "
+                f"models in {out_dir}/best and {out_dir}/last"
+            )
+        else:
+            typer.echo(f"stopped at step {state.step} (no validation); model in {out_dir}/last")
 
 
 def _check_run_folder(out_dir: Path) -> None:
