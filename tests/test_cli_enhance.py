@@ -492,3 +492,14 @@ def test_a_killed_runs_temporaries_are_removed_by_the_next_run(model_dir: Path, 
     code, out, _ = run_cli(["enhance", tmp_path / "in.wav", tmp_path / "o.wav", "-m", model_dir], capsys)
     assert code == 0 and "removed 1 temporary file(s)" in out
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+def test_inputs_under_the_output_folder_are_left_out_and_said(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """Issue 19: ``dnsep enhance in/ in/sub/`` silently dropped the inputs under in/sub."""
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    sf.write(tmp_path / "in" / "a.wav", _signal(0.3), 16_000)
+    sf.write(tmp_path / "in" / "sub" / "b.wav", _signal(0.3), 16_000)
+    code, _, err = run_cli(["enhance", tmp_path / "in", tmp_path / "in" / "sub", "-m", model_dir, "-q"], capsys)
+    assert code == 0 and (tmp_path / "in" / "sub" / "a.wav").is_file()
+    code, _, err = run_cli(["enhance", tmp_path / "in", tmp_path / "in" / "sub", "-m", model_dir], capsys)
+    assert "left out 2 audio file(s) under the output folder" in err  # b.wav and the earlier a.wav output

@@ -36,6 +36,7 @@ class Job:
 @dataclass
 class Plan:
     jobs: list[Job] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said on stderr before the run (not errors)
 
 
 def parse_extensions(ext: str | None) -> tuple[str, ...]:
@@ -46,15 +47,17 @@ def parse_extensions(ext: str | None) -> tuple[str, ...]:
     return exts
 
 
-def _find_audio(folder: Path, exts: tuple[str, ...], exclude: Path | None) -> list[Path]:
-    found = []
+def _find_audio(folder: Path, exts: tuple[str, ...], exclude: Path | None) -> tuple[list[Path], int]:
+    """The audio files under ``folder``, and how many were left out for lying under the output folder."""
+    found, excluded = [], 0
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.suffix.lower() not in exts or path.name.startswith("."):
             continue
         if exclude is not None and exclude in path.resolve().parents:
-            continue  # our own output folder inside the input folder: never re-enhance outputs
+            excluded += 1  # our own output folder inside the input folder: never re-enhance outputs
+            continue
         found.append(path)
-    return found
+    return found, excluded
 
 
 def plan_jobs(
@@ -101,7 +104,12 @@ def plan_jobs(
         elif path.is_dir():
             if path.resolve() == out_root and not new_ext:
                 raise UsageError(f"{output}: the output folder is the input folder; outputs would replace inputs")
-            files = _find_audio(path, exts, out_root)
+            files, excluded = _find_audio(path, exts, out_root)
+            if excluded:
+                plan.notes.append(
+                    f"left out {excluded} audio file(s) under the output folder {output} inside {path}: "
+                    "outputs are never inputs"
+                )
             if not files:
                 plan.jobs.append(Job(path, None, f"{path}: no audio files here (looked for {', '.join(exts)})"))
             plan.jobs += [Job(f, target(f.relative_to(path)), key=f.relative_to(path).as_posix()) for f in files]
@@ -228,6 +236,9 @@ def enhance(
         if subtype is not None and subtype.upper() not in sf.available_subtypes():
             raise UsageError(f"unknown --subtype {subtype!r}")
     plan = plan_jobs(list(paths), output, exts, format)
+    if not quiet and not as_json:
+        for note in plan.notes:
+            typer.echo(f"dnsep: note: {note}", err=True)
     # the --quality preset first, so explicit options still override it
     overrides: dict[str, object] = dict(QUALITY_PRESET) if quality else {}
     if t_start is not None and t_start < 0:
