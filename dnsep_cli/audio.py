@@ -83,6 +83,32 @@ def audio_info(path: str | Path) -> AudioInfo:
     return AudioInfo(path, int(info.samplerate), int(info.frames), int(info.channels), info.format, info.subtype)
 
 
+def declared_wav_frames(path: str | Path) -> int | None:
+    """The frames a RIFF/WAVE header's ``data`` chunk declares (``None`` for other files, or a header that
+    declares no size, as streamed WAVs do with 0 or 0xFFFFFFFF). libsndfile reads what is there and says
+    nothing when the file is shorter: comparing the two finds a truncated file."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, block_align = 12, None
+    while pos + 8 <= len(head):
+        chunk, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            block_align = struct.unpack("<H", head[pos + 20 : pos + 22])[0]
+        if chunk == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):
+                return None
+            return size // block_align
+        pos += 8 + size + (size & 1)
+    return None
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """The whole file as ``(L, C)`` float32 and its sample rate (use ``iter_blocks`` for long files)."""
     path = Path(path)

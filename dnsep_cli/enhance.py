@@ -56,6 +56,7 @@ from dnsep_cli.audio import (
     StreamResampler,
     audio_info,
     check_writable_folder,
+    declared_wav_frames,
     is_dnsep_output,
     iter_blocks,
     remove_stale_temporaries,
@@ -553,6 +554,12 @@ class Enhancer:
         report.clip_gain_db, report.notes = stats.clip_gain_db, stats.notes
         if stale:
             report.notes.append(f"removed {stale} temporary file(s) that a killed earlier run left beside it")
+        declared = declared_wav_frames(in_path)
+        if declared is not None and declared > info.frames:
+            report.notes.append(
+                f"truncated input: its header declares {declared / info.sample_rate:.2f} s, the file holds "
+                f"{info.duration:.2f} s (enhanced what is there)"
+            )
         return report
 
     # -- the streaming core ------------------------------------------------------------------------------------

@@ -407,3 +407,17 @@ def test_output_up_to_20_db_over_the_input_is_kept(tmp_path: Path) -> None:
         else:
             y = enhancer.enhance(x, 16_000)
             assert 3.0 < np.abs(y).max() / np.abs(x).max() < 10.0
+
+
+def test_a_truncated_wav_is_enhanced_and_noted(quiet_gate: Enhancer, tmp_path: Path) -> None:
+    """Issue 19: a WAV whose header claims more data than the file holds was processed silently."""
+    from dnsep_cli.audio import declared_wav_frames
+
+    sf.write(tmp_path / "full.wav", _speechy(1.0), 16_000, subtype="PCM_16")
+    whole = (tmp_path / "full.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(whole[: 44 + 2 * 6000])  # 6000 of 16000 frames behind a 44-byte header
+    assert declared_wav_frames(tmp_path / "full.wav") == 16_000 == declared_wav_frames(tmp_path / "cut.wav")
+    report = quiet_gate.enhance_file(tmp_path / "cut.wav", tmp_path / "out.wav")
+    assert report.status == "ok" and sf.info(str(tmp_path / "out.wav")).frames == 6000
+    assert any("truncated input: its header declares 1.00 s, the file holds 0.38 s" in n for n in report.notes)
+    assert not any("truncated" in n for n in quiet_gate.enhance_file(tmp_path / "full.wav", tmp_path / "o2.wav").notes)
