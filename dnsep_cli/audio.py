@@ -277,6 +277,21 @@ def is_dnsep_output(path: str | Path) -> bool:
         return False
 
 
+def write_error(path: Path, err: BaseException) -> DnsepError:
+    """One line for a failed write; a full disk named as such (libsndfile reports it as "System error.")."""
+    import errno
+    import shutil
+
+    reason = str(err).strip() or type(err).__name__
+    full = getattr(err, "errno", None) == errno.ENOSPC
+    if not full:
+        with contextlib.suppress(OSError):
+            full = shutil.disk_usage(path.parent).free < 1 << 20
+    if full:
+        return DnsepError(f"{path}: cannot write: the disk is full (no space left on {path.parent})")
+    return DnsepError(f"{path}: cannot write ({reason})")
+
+
 class AtomicWriter:
     """Write an audio file block by block; it appears under its name only when complete.
 
@@ -315,7 +330,7 @@ class AtomicWriter:
             )
         except (sf.SoundFileError, RuntimeError, OSError) as err:
             self._cleanup()
-            raise DnsepError(f"{self.path}: cannot write ({str(err).strip()})") from None
+            raise write_error(self.path, err) from None
         if self.mark:
             from dnsep_cli import __version__
 
@@ -330,7 +345,7 @@ class AtomicWriter:
         try:
             self._file.write(np.ascontiguousarray(block))
         except (sf.SoundFileError, RuntimeError, OSError) as err:
-            raise DnsepError(f"{self.path}: cannot write ({str(err).strip()})") from None
+            raise write_error(self.path, err) from None
 
     def _cleanup(self) -> None:
         if self._file is not None:
@@ -359,7 +374,7 @@ class AtomicWriter:
             self._tmp = None
         except (sf.SoundFileError, RuntimeError, OSError) as err:
             self._cleanup()
-            raise DnsepError(f"{self.path}: cannot write ({str(err).strip()})") from None
+            raise write_error(self.path, err) from None
 
     def _publish_new(self) -> None:
         """Link the finished file to ``path`` without replacing anything there (no-replace rename)."""
@@ -413,7 +428,10 @@ class FloatSpool:
 
     def write(self, block: np.ndarray) -> None:
         block = np.ascontiguousarray(block, dtype=np.float32)
-        self._fh.write(block.tobytes())
+        try:
+            self._fh.write(block.tobytes())
+        except OSError as err:
+            raise write_error(self.path, err) from None
         self.frames += len(block)
 
     def blocks(self, block_frames: int) -> Iterator[np.ndarray]:

@@ -188,3 +188,34 @@ def test_written_files_get_the_mode_of_a_plain_open(tmp_path: Path, umask: int) 
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "out.wav").stat().st_mode)
     assert mode == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_full_disk_is_named_as_such(tmp_path: Path, monkeypatch) -> None:
+    """Issue 19: a full disk read "cannot write (System error.)", libsndfile's words for ENOSPC."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import dnsep_cli.audio as audio_module
+
+    assert "the disk is full" in str(audio_module.write_error(tmp_path / "x.wav", OSError(errno.ENOSPC, "nope")))
+    assert "the disk is full" not in str(audio_module.write_error(tmp_path / "x.wav", OSError(errno.EACCES, "no")))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 0))
+
+    class FullFile:
+        def write(self, block):
+            raise RuntimeError("System error.")
+
+        def close(self):
+            pass
+
+    with (
+        pytest.raises(DnsepError, match=r"out.wav: cannot write: the disk is full") as err,
+        AtomicWriter(tmp_path / "out.wav", 16_000, 1, "WAV", "PCM_16") as w,
+    ):
+        w._file.close()
+        w._file = FullFile()  # a disk that fills up while the blocks are written
+        w.write(_tone(100, 1))
+    assert "\n" not in str(err.value)
+    assert _leftovers(tmp_path) == []
