@@ -42,6 +42,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -720,32 +721,25 @@ class Enhancer:
             if not model.mixes_channels:
                 y = y.reshape(b * c, 1, *y.shape[2:])
                 d = None if d is None else d.reshape(b * c, 1, *d.shape[2:])
-            if self.autocast_dtype is not None:
-                try:
-                    with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                        x_hat, nfe = enhance_spectrogram(
-                            model,
-                            y,
-                            settings.sampler,
-                            generator=generator,
-                            postfilter=settings.postfilter,
-                            callback=on_step,
-                            d=d,
-                        )
-                except RuntimeError as err:
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    raise DnsepError(f"--precision {self.precision} failed in this model ({first}); use fp32") from None
+            low_precision = self.autocast_dtype is not None
+            try:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype) if low_precision else nullcontext():
+                    x_hat, nfe = enhance_spectrogram(
+                        model,
+                        y,
+                        settings.sampler,
+                        generator=generator,
+                        postfilter=settings.postfilter,
+                        callback=on_step,
+                        d=d,
+                    )
+            except RuntimeError as err:
+                if not low_precision:
+                    raise
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise DnsepError(f"--precision {self.precision} failed in this model ({first}); use fp32") from None
+            if low_precision:
                 x_hat = x_hat.to(torch.complex64)
-            else:
-                x_hat, nfe = enhance_spectrogram(
-                    model,
-                    y,
-                    settings.sampler,
-                    generator=generator,
-                    postfilter=settings.postfilter,
-                    callback=on_step,
-                    d=d,
-                )
             x_hat = x_hat.reshape(b, c, *x_hat.shape[2:])
             outputs = []
             for i, chunk in enumerate(batch):
