@@ -55,8 +55,10 @@ def pool_params(
 
 
 def _same_pool(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Pools that differ only in their number of items share their first items (and shards)."""
-    return {k: v for k, v in a.items() if k != "items"} == {k: v for k, v in b.items() if k != "items"}
+    """Pools that differ only in their number of items share their first items; the shard size only says how
+    items are grouped on disk (item ``i`` is seeded by ``[seed, i]`` whatever its shard)."""
+    ignored = ("items", "shard_size")
+    return {k: v for k, v in a.items() if k not in ignored} == {k: v for k, v in b.items() if k not in ignored}
 
 
 # Set in each worker process (fork start method: the audio banks are shared, not copied).
@@ -97,6 +99,7 @@ def build_pool(
         old = json.loads(params_file.read_text())
         if not _same_pool(old, params):
             raise UsageError(f"{folder} holds a front-end pool made with other settings; choose another folder")
+        params["shard_size"] = old["shard_size"]  # a pool keeps the grouping its shards were written with
     params_file.write_text(json.dumps(params, indent=1) + "\n")
     items, size, seed = params["items"], params["shard_size"], params["seed"]
     shards = math.ceil(items / size)

@@ -106,3 +106,14 @@ def test_batches_are_aligned_crops_of_items(tmp_path: Path, mixer: MixtureDatase
             if found:
                 break
         assert found
+
+
+def test_a_pool_resumes_with_its_own_shard_size(tmp_path: Path, mixer: MixtureDataset) -> None:
+    """The shard size only groups items on disk: a pool written in shards of 2 grows in shards of 2 when asked
+    for shards of 3 (dnsep train's default changed from 500 to 100), and its items are the same."""
+    folder = _build(tmp_path / "p", mixer, 4, shard_size=2)
+    before = _shards(folder)
+    after = _shards(_build(folder, mixer, 6, shard_size=3))
+    assert sorted(after) == ["shard_00000.npy", "shard_00001.npy", "shard_00002.npy"]
+    assert all(after[k] == v for k, v in before.items())
+    assert len(FrontEndPool(folder, 0.25)) == 6

@@ -357,7 +357,8 @@ def _frontend_pool(
     fe = build_frontend(frontend)
     assert fe is not None
     pool_mixer = MixtureDataset(dataset.speech, dataset.noise, dataset.sample_rate, mix, seed)
-    params = pool_params(frontend, fe.info.version, dataset.sample_rate, seed, items, 500, asdict(mix), sources)
+    # shards of 100: every worker gets work on a pool of a few hundred (one shard of 500 kept one worker busy)
+    params = pool_params(frontend, fe.info.version, dataset.sample_rate, seed, items, 100, asdict(mix), sources)
     if quiet:
         build_pool(folder, pool_mixer, lambda: build_frontend(frontend), params, workers)
     else:
