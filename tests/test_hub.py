@@ -261,6 +261,7 @@ def test_hub_spec_and_card_parsing() -> None:
         ("stft", {"n_fft": 10**9, "hop_length": 256}, "stft.n_fft must be a whole number in [8, 16384]"),
         ("chunk_seconds", float("inf"), "chunk_seconds must be a number of seconds in [0, 3600]"),
         ("output", "noise", "output must be score, data or v"),
+        ("backbone", {"name": "osa_unet", "params": {"channels": "abc"}}, "channels must be a list of whole numbers"),
     ],
 )
 def test_a_hostile_config_is_one_line_before_anything_is_built(tmp_path: Path, capsys, key, value, message) -> None:

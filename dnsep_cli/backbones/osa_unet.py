@@ -116,6 +116,12 @@ class OSAUNet(nn.Module):
         super().__init__()
         self.takes_estimate = estimate
         self.inputs = 3 if estimate else 2  # complex inputs: y, x (and d)
+        for name, values in (("channels", channels), ("dilations", dilations)):
+            if isinstance(values, str | bytes) or not all(type(v) is int and v >= 1 for v in values):
+                raise ValueError(f"osa_unet {name} must be a list of whole numbers >= 1, got {values!r}")
+        for name, value in (("num_convs", num_convs), ("patch", patch), ("embed_dim", embed_dim)):
+            if type(value) is not int or value < 1:
+                raise ValueError(f"osa_unet {name} must be a whole number >= 1, got {value!r}")
         channels = list(channels)
         dilations = list(dilations)
         if len(dilations) != len(channels):
