@@ -416,8 +416,10 @@ class Trainer:
     def load_state(self) -> None:
         payload = torch.load(self.out / STATE_FILE, map_location=self.device, weights_only=True)
         saved_config = ModelConfig.from_dict(json.loads(payload["model_config"]))
-        if saved_config.to_dict() != self.model.config.to_dict():
+        # the name labels the exported model and decides nothing in training: a run keeps the one it began with
+        if replace(saved_config, name=self.model.config.name) != self.model.config:
             raise ValueError("the checkpoint was trained with another model configuration")
+        self.model.config = saved_config
         self.model.load_state_dict(payload["model"])
         self.ema.shadow = payload["ema"]
         self.optim.load_state_dict(payload["optim"])

@@ -478,3 +478,29 @@ def test_speech_and_noise_folders_validate_on_their_valid_split(tmp_path, capsys
     out = capsys.readouterr().out
     assert "no validation set" in out and not (tmp_path / "plain-run" / "best").exists()
     assert out.strip().splitlines()[-1].endswith(f"model in {tmp_path / 'plain-run'}/last")
+
+
+def test_resume_keeps_the_runs_name_and_refuses_another_network_in_one_line(tmp_path, capsys):
+    """A run begun before models were named after their run folder (named dnsep-base then) resumes; a resume
+    with options that change the network is one usage error, not a ValueError traceback."""
+    from dataclasses import replace as dc_replace
+
+    Trainer(_config(tmp_path, max_steps=2), dc_replace(tiny_model_config(), name="old-name"), synthetic_batches).fit()
+    resumed = Trainer(
+        _config(tmp_path, max_steps=3), dc_replace(tiny_model_config(), name="new-name"), synthetic_batches
+    )
+    resumed.load_state()
+    assert resumed.model.config.name == "old-name"
+    resumed.fit()
+    assert ScoreModel.from_pretrained(tmp_path / "last").config.name == "old-name"
+
+    _write_folder(tmp_path / "speech", 2, "speech")
+    _write_folder(tmp_path / "noise", 1, "noise")
+    data = ["--speech", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise"), "--segment-seconds", "0.5"]
+    run = ["train", str(tmp_path / "run"), *data, "--batch-size", "2", "--val-items", "0", "-q"]
+    assert run_cli([*run, "--max-steps", "1"]) == 0
+    assert run_cli([*run, "--max-steps", "2", "--resume"]) == 0
+    capsys.readouterr()
+    assert run_cli([*run, "--max-steps", "3", "--resume", "--backbone", "head_channels=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--resume: the checkpoint was trained with another model configuration" in err

@@ -206,7 +206,10 @@ def train(
         hardware = torch.cuda.get_device_name(torch.device(device))
     trainer = Trainer(cfg, model_config, dataset.batch, validation, {"data": data_note, "hardware": hardware})
     if resume:
-        trainer.load_state()
+        try:
+            trainer.load_state()
+        except ValueError as exc:
+            raise UsageError(f"--resume: {exc} than these options give; resume with the run's own options") from None
     elif init is not None:
         from safetensors.torch import load_file
 
