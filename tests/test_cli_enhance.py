@@ -503,3 +503,35 @@ def test_inputs_under_the_output_folder_are_left_out_and_said(model_dir: Path, t
     assert code == 0 and (tmp_path / "in" / "sub" / "a.wav").is_file()
     code, _, err = run_cli(["enhance", tmp_path / "in", tmp_path / "in" / "sub", "-m", model_dir], capsys)
     assert "left out 2 audio file(s) under the output folder" in err  # b.wav and the earlier a.wav output
+
+
+def test_shards_cover_every_file_once_and_keep_their_files_as_the_folder_grows(
+    model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """Issue 17: ``--shard K/N`` for SLURM arrays; every file in exactly one shard, assigned by its path."""
+    from dnsep_cli.commands.enhance import shard_of
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    names = [f"f{i:02d}.wav" for i in range(8)] + [f"sub/g{i}.wav" for i in range(4)]
+    for name in names:
+        sf.write(src / name, _signal(0.1), 16_000)
+
+    def shard_inputs(k: int, n: int, out: str) -> set[str]:
+        code, text, err = run_cli(
+            ["enhance", src, tmp_path / out, "-m", model_dir, "--json", "--shard", f"{k}/{n}"], capsys
+        )
+        assert code == 0, err
+        return {Path(f["input"]).relative_to(src).as_posix() for f in json.loads(text)["files"]}
+
+    shards = [shard_inputs(k, 3, "out") for k in range(3)]
+    assert set().union(*shards) == set(names) and sum(len(s) for s in shards) == len(names)
+    assert all(s == {n for n in names if shard_of(n, 3) == k} for k, s in enumerate(shards))
+    assert all(shards)  # 12 files over 3 shards: none empty here
+    for i in range(8, 12):  # the folder grows: files already assigned keep their shard
+        sf.write(src / f"f{i:02d}.wav", _signal(0.1), 16_000)
+    grown = [shard_inputs(k, 3, "out2") for k in range(3)]
+    assert all(old <= new for old, new in zip(shards, grown, strict=True))
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        code, _, err = run_cli(["enhance", src, tmp_path / "o", "-m", model_dir, "--shard", bad], capsys)
+        assert code == 2 and err.count("\n") == 1 and "--shard" in err, bad

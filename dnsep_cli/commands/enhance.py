@@ -11,6 +11,7 @@ still ran); 2 a bad command line. Outputs are written atomically, never over an 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -139,6 +140,24 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` (K from 0 to N-1, as SLURM_ARRAY_TASK_ID with ``--array=0-<N-1>``) -> ``(K, N)``."""
+    k_text, sep, n_text = text.partition("/")
+    if not sep or not k_text.strip().isdigit() or not n_text.strip().isdigit():
+        raise UsageError(f"--shard must be K/N with whole numbers, e.g. 0/4, got {text!r}")
+    k, n = int(k_text), int(n_text)
+    if not 0 <= k < n:
+        raise UsageError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard of a file: a stable hash (BLAKE2b) of its relative path, so a grown folder or list keeps
+    every assignment already made, and each file lies in exactly one shard whatever the order or machine."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"dnsep-shard").digest()
+    return int.from_bytes(digest, "big") % shards
+
+
 # Sampler settings of --quality: more reverse steps from an earlier start than a few-step default.
 QUALITY_PRESET: dict[str, object] = {"t_start": 0.5, "steps": 6, "corrector": "none"}
 
@@ -221,6 +240,12 @@ def enhance(
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report of every file on stdout."),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        help="Run only shard K of N (K/N, K from 0): files are assigned by a stable hash of their relative path,"
+        " for SLURM arrays (--shard $SLURM_ARRAY_TASK_ID/N).",
+    ),
 ) -> None:
     """Enhance noisy speech files with a score-based model."""
     exts = parse_extensions(ext)
@@ -236,6 +261,9 @@ def enhance(
         if subtype is not None and subtype.upper() not in sf.available_subtypes():
             raise UsageError(f"unknown --subtype {subtype!r}")
     plan = plan_jobs(list(paths), output, exts, format)
+    if shard is not None:
+        k, n = parse_shard(shard)
+        plan.jobs = [job for job in plan.jobs if shard_of(job.key or str(job.input), n) == k]
     if not quiet and not as_json:
         for note in plan.notes:
             typer.echo(f"dnsep: note: {note}", err=True)
