@@ -535,3 +535,39 @@ def test_shards_cover_every_file_once_and_keep_their_files_as_the_folder_grows(
     for bad in ("3/3", "1", "a/b", "-1/2"):
         code, _, err = run_cli(["enhance", src, tmp_path / "o", "-m", model_dir, "--shard", bad], capsys)
         assert code == 2 and err.count("\n") == 1 and "--shard" in err, bad
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "csv"])
+def test_a_file_list_mirrors_its_paths_under_the_output(model_dir: Path, tmp_path: Path, capsys, kind: str) -> None:
+    """Issue 17: inputs from a file list or a NeMo-style manifest (audio_filepath, optional output), relative
+    to the list's folder; outputs mirrored under the output folder, or where the manifest's output says."""
+    data = tmp_path / "data"
+    (data / "spk1").mkdir(parents=True)
+    for name in ("spk1/a.wav", "b.wav"):
+        sf.write(data / name, _signal(0.2), 16_000)
+    rows = [("spk1/a.wav", None), ("b.wav", "renamed/b2.wav" if kind != "txt" else None), ("missing.wav", None)]
+    if kind == "txt":
+        text = "# a comment\n" + "\n".join(r for r, _ in rows) + "\n\n"
+    elif kind == "jsonl":
+        text = "\n".join(json.dumps({"audio_filepath": r, **({"output": o} if o else {})}) for r, o in rows)
+    else:
+        text = "audio_filepath,output,duration\n" + "\n".join(f"{r},{o or ''},1.0" for r, o in rows)
+    (data / f"list.{kind}").write_text(text)
+    code, _, err = run_cli(
+        ["enhance", "--from", data / f"list.{kind}", tmp_path / "out", "-m", model_dir, "-q"], capsys
+    )
+    assert code == 1 and len(_error_lines(err)) == 1 and "missing.wav: no such file" in err
+    assert (tmp_path / "out" / "spk1" / "a.wav").is_file()
+    assert (tmp_path / "out" / ("renamed/b2.wav" if kind != "txt" else "b.wav")).is_file()
+
+
+def test_a_file_list_whose_outputs_collide_is_refused_up_front(model_dir: Path, tmp_path: Path, capsys) -> None:
+    sf.write(tmp_path / "a.wav", _signal(0.2), 16_000)
+    sf.write(tmp_path / "b.wav", _signal(0.2), 16_000)
+    rows = [{"audio_filepath": "a.wav", "output": "x.wav"}, {"audio_filepath": "b.wav", "output": "x.wav"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    code, _, err = run_cli(["enhance", "--from", tmp_path / "m.jsonl", tmp_path / "out", "-m", model_dir], capsys)
+    assert code == 2 and err.count("\n") == 1 and "would both write" in err and not (tmp_path / "out").exists()
+    (tmp_path / "bad.jsonl").write_text('{"audio_filepath": "a.wav", "output": "../escape.wav"}\n')
+    code, _, err = run_cli(["enhance", "--from", tmp_path / "bad.jsonl", tmp_path / "out", "-m", model_dir], capsys)
+    assert code == 2 and "must stay inside the output folder" in err

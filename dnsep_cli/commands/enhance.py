@@ -140,6 +140,81 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def read_file_list(list_path: Path) -> list[tuple[str, str | None]]:
+    """``(input, output or None)`` rows of a file list: ``.jsonl`` (NeMo-style objects with ``audio_filepath``
+    and an optional ``output``), ``.csv`` (a header with ``audio_filepath`` and an optional ``output``), or
+    any other text file (one path a line; blank lines and ``#`` comments skipped)."""
+    import csv
+
+    try:
+        text = list_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--from {list_path}: cannot read it ({err})") from None
+    rows: list[tuple[str, str | None]] = []
+    suffix = list_path.suffix.lower()
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"--from {list_path}:{number}: not a JSON object ({err.msg})") from None
+            if not isinstance(item, dict) or not isinstance(item.get("audio_filepath"), str):
+                raise UsageError(f"--from {list_path}:{number}: needs an audio_filepath string")
+            output = item.get("output")
+            rows.append((item["audio_filepath"], output if isinstance(output, str) and output else None))
+    elif suffix == ".csv":
+        table = list(csv.DictReader(text.splitlines()))
+        if table and "audio_filepath" not in table[0]:
+            raise UsageError(f"--from {list_path}: the header needs an audio_filepath column")
+        rows = [(r["audio_filepath"], r.get("output") or None) for r in table if r["audio_filepath"]]
+    else:
+        rows = [(ln.strip(), None) for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return rows
+
+
+def plan_file_list(list_path: Path, names: list[str], output_name: str | None, format: str | None) -> Plan:
+    """Jobs from a file list (``--from``): inputs relative to the list's folder; each output under the output
+    folder at the row's ``output`` or at the input's own relative path (an absolute path outside the list's
+    folder is mirrored without its root). Two rows writing one output are refused before anything runs."""
+    from dnsep_cli.audio import FORMAT_EXTENSIONS
+
+    if output_name is None:
+        if len(names) != 1:
+            raise UsageError("with --from, give the output folder only: dnsep enhance --from LIST OUT")
+        output_name = names[0]
+    elif names:
+        raise UsageError("with --from, the inputs come from the list: give only the output folder")
+    output = Path(output_name)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"{output}: a file list needs an output folder, and this is a file")
+    base = list_path.resolve().parent
+    new_ext = FORMAT_EXTENSIONS.get(format.upper()) if format else None
+    plan, seen = Plan(), {}
+    for text, out_text in read_file_list(list_path):
+        given = Path(text).expanduser()
+        path = given if given.is_absolute() else base / given
+        try:
+            rel = path.resolve().relative_to(base)
+        except ValueError:
+            rel = Path(*path.resolve().parts[1:])  # outside the list's folder: mirrored without the root
+        target = Path(out_text) if out_text else (rel.with_suffix(new_ext) if new_ext else rel)
+        if target.is_absolute() or ".." in target.parts:
+            raise UsageError(f"--from {list_path}: output {out_text!r} must stay inside the output folder")
+        key = target.as_posix()
+        if key in seen:
+            raise UsageError(f"--from {list_path}: {text} and {seen[key]} would both write {output / target}")
+        seen[key] = text
+        error = None if path.is_file() else f"{path}: no such file"
+        plan.jobs.append(Job(path, output / target, error, key=rel.as_posix()))
+    inputs = {_identity(job.input) for job in plan.jobs} - {None}
+    for job in plan.jobs:
+        if job.error is None and job.output is not None and _identity(job.output) in inputs:
+            job.error = f"{job.output}: is an input of this run; refusing to write over it"
+    return plan
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``K/N`` (K from 0 to N-1, as SLURM_ARRAY_TASK_ID with ``--array=0-<N-1>``) -> ``(K, N)``."""
     k_text, sep, n_text = text.partition("/")
@@ -163,8 +238,8 @@ QUALITY_PRESET: dict[str, object] = {"t_start": 0.5, "steps": 6, "corrector": "n
 
 
 def enhance(
-    paths: list[str] = typer.Argument(
-        ...,
+    paths: list[str] | None = typer.Argument(
+        None,
         help="Input files and/or folders, then the output file or folder (or use -o).",
         show_default=False,
         metavar="PATH",
@@ -240,6 +315,12 @@ def enhance(
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report of every file on stdout."),
+    from_list: Path | None = typer.Option(
+        None,
+        "--from",
+        help="Take the inputs from a file list: one path a line, or a .jsonl/.csv manifest with audio_filepath"
+        " (and an optional output column); give only the output folder.",
+    ),
     shard: str | None = typer.Option(
         None,
         "--shard",
@@ -260,7 +341,10 @@ def enhance(
             raise UsageError(f"unknown --format {format!r}")
         if subtype is not None and subtype.upper() not in sf.available_subtypes():
             raise UsageError(f"unknown --subtype {subtype!r}")
-    plan = plan_jobs(list(paths), output, exts, format)
+    if from_list is not None:
+        plan = plan_file_list(from_list, list(paths or []), output, format)
+    else:
+        plan = plan_jobs(list(paths or []), output, exts, format)
     if shard is not None:
         k, n = parse_shard(shard)
         plan.jobs = [job for job in plan.jobs if shard_of(job.key or str(job.input), n) == k]
