@@ -571,3 +571,41 @@ def test_a_file_list_whose_outputs_collide_is_refused_up_front(model_dir: Path, 
     (tmp_path / "bad.jsonl").write_text('{"audio_filepath": "a.wav", "output": "../escape.wav"}\n')
     code, _, err = run_cli(["enhance", "--from", tmp_path / "bad.jsonl", tmp_path / "out", "-m", model_dir], capsys)
     assert code == 2 and "must stay inside the output folder" in err
+
+
+def test_results_log_and_retry_failed(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """Issue 17: one JSON line per file; --retry-failed reruns only the inputs whose latest row failed."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "good.wav", _signal(0.2), 16_000)
+    (src / "bad.wav").write_bytes(b"not audio at all")
+    log = tmp_path / "results.jsonl"
+    code, _, _ = run_cli(["enhance", src, tmp_path / "out", "-m", model_dir, "-q", "--log", log], capsys)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert code == 1 and {Path(r["input"]).name: r["status"] for r in rows} == {"bad.wav": "failed", "good.wav": "ok"}
+    good = next(r for r in rows if r["status"] == "ok")
+    assert good["seed"] is not None and good["seconds"] > 0 and good["output"].endswith("good.wav")
+    sf.write(src / "bad.wav", _signal(0.2), 16_000)  # the user fixes the bad file
+    code, out, _ = run_cli(["enhance", src, tmp_path / "out", "-m", model_dir, "--log", log, "--retry-failed"], capsys)
+    assert code == 0 and "bad.wav" in out and "good.wav" not in out  # only what failed ran
+    latest = {Path(r["input"]).name: r["status"] for r in map(json.loads, log.read_text().splitlines())}
+    assert latest == {"bad.wav": "ok", "good.wav": "ok"}
+    code, _, err = run_cli(["enhance", src, tmp_path / "o2", "-m", model_dir, "--retry-failed"], capsys)
+    assert code == 2 and "--log" in err and err.count("\n") == 1
+    code, _, err = run_cli(["enhance", src, tmp_path / "o3", "-m", model_dir, "--log", "/proc/x/log.jsonl"], capsys)
+    assert code == 2 and "cannot write it" in err and not (tmp_path / "o3").exists()
+
+
+def test_concurrent_log_writers_never_split_a_line(tmp_path: Path) -> None:
+    """Four processes appending to one results log: every line is whole JSON, none lost."""
+    code = (
+        "import sys; from pathlib import Path; from dnsep_cli.commands.enhance import append_log_row; "
+        "from dnsep_cli.enhance import FileReport\n"
+        "for i in range(300):\n"
+        "    append_log_row(Path(sys.argv[1]), FileReport(f'{sys.argv[2]}-{i}-' + 'x' * 300, 'o', 'ok', seed=i))"
+    )
+    log = tmp_path / "log.jsonl"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(log), f"w{w}"]) for w in range(4)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == 1200 and len({r["input"] for r in rows}) == 1200

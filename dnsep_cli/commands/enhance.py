@@ -215,6 +215,43 @@ def plan_file_list(list_path: Path, names: list[str], output_name: str | None, f
     return plan
 
 
+def append_log_row(log_path: Path, report) -> None:
+    """One JSON line for one file, appended with a single ``write`` on an ``O_APPEND`` descriptor, so lines
+    of concurrent writers (the tasks of an array sharing one log) never interleave within a line."""
+    import os
+
+    row = {
+        "input": report.input,
+        "output": report.output,
+        "status": report.status,
+        "error": report.error,
+        "seconds": report.elapsed_s,
+        "rtf": report.rtf,
+        "seed": report.seed,
+    }
+    data = (json.dumps(row) + "\n").encode()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def failed_inputs(log_path: Path) -> set[str]:
+    """The inputs whose latest row in a results log says failed (a later ok or skipped row clears it)."""
+    latest: dict[str, str] = {}
+    if not log_path.is_file():
+        raise UsageError(f"--retry-failed: no results log at {log_path}")
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a killed writer
+        if isinstance(row, dict) and isinstance(row.get("input"), str):
+            latest[row["input"]] = str(row.get("status"))
+    return {name for name, status in latest.items() if status == "failed"}
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``K/N`` (K from 0 to N-1, as SLURM_ARRAY_TASK_ID with ``--array=0-<N-1>``) -> ``(K, N)``."""
     k_text, sep, n_text = text.partition("/")
@@ -321,6 +358,15 @@ def enhance(
         help="Take the inputs from a file list: one path a line, or a .jsonl/.csv manifest with audio_filepath"
         " (and an optional output column); give only the output folder.",
     ),
+    log: Path | None = typer.Option(
+        None,
+        "--log",
+        help="Append one JSON line per file (status, error, seconds, RTF, seed, output) to this results log;"
+        " safe for several processes at once.",
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="With --log: run only the inputs whose latest row in the log failed."
+    ),
     shard: str | None = typer.Option(
         None,
         "--shard",
@@ -345,6 +391,18 @@ def enhance(
         plan = plan_file_list(from_list, list(paths or []), output, format)
     else:
         plan = plan_jobs(list(paths or []), output, exts, format)
+    if log is not None and not retry_failed:  # before any work: a log that cannot be written loses every row
+        import os
+
+        try:
+            os.close(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
+        except OSError as err:
+            raise UsageError(f"--log {log}: cannot write it ({err.strerror or err})") from None
+    if retry_failed:
+        if log is None:
+            raise UsageError("--retry-failed reads the results log: give it with --log FILE")
+        failed = failed_inputs(log)
+        plan.jobs = [job for job in plan.jobs if str(job.input) in failed]
     if shard is not None:
         k, n = parse_shard(shard)
         plan.jobs = [job for job in plan.jobs if shard_of(job.key or str(job.input), n) == k]
@@ -393,6 +451,8 @@ def enhance(
         for job in plan.jobs:
             report = _run_job(enhancer, job, overwrite, force, format, subtype, seed, runner)
             reports.append(report)
+            if log is not None:
+                append_log_row(log, report)
             if report.status == "failed":
                 _echo_err(runner, f"dnsep: error: {report.error}")
             elif not quiet and not as_json:
