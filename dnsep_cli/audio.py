@@ -25,9 +25,7 @@ import soundfile as sf
 import soxr
 
 from dnsep_cli.errors import DnsepError, UsageError
-
-# Extensions that soundfile reads, looked for when an input is a folder.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".caf", ".w64", ".rf64", ".mp3")
+from dnsep_cli.formats import AUDIO_EXTENSIONS  # noqa: F401 (the extensions looked for in folders)
 
 # Output extension for each format, when --format changes it.
 FORMAT_EXTENSIONS = {

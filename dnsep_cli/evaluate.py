@@ -24,10 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from dnsep_cli.errors import DnsepError, MissingExtraError, UsageError
+from dnsep_cli.formats import AUDIO_EXTENSIONS  # files with other extensions in the folders are ignored
 from dnsep_cli.metrics import COLUMNS, compute_metrics
-
-# Extensions soundfile reads; files with other extensions in the folders are ignored.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".caf", ".w64", ".rf64", ".mp3")
 
 
 def list_audio(path: Path) -> dict[str, Path]:

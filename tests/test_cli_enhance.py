@@ -509,7 +509,7 @@ def test_shards_cover_every_file_once_and_keep_their_files_as_the_folder_grows(
     model_dir: Path, tmp_path: Path, capsys
 ) -> None:
     """Issue 17: ``--shard K/N`` for SLURM arrays; every file in exactly one shard, assigned by its path."""
-    from dnsep_cli.commands.enhance import shard_of
+    from dnsep_cli.jobs import shard_of
 
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
@@ -599,7 +599,7 @@ def test_results_log_and_retry_failed(model_dir: Path, tmp_path: Path, capsys) -
 def test_concurrent_log_writers_never_split_a_line(tmp_path: Path) -> None:
     """Four processes appending to one results log: every line is whole JSON, none lost."""
     code = (
-        "import sys; from pathlib import Path; from dnsep_cli.commands.enhance import append_log_row; "
+        "import sys; from pathlib import Path; from dnsep_cli.jobs import append_log_row; "
         "from dnsep_cli.enhance import FileReport\n"
         "for i in range(300):\n"
         "    append_log_row(Path(sys.argv[1]), FileReport(f'{sys.argv[2]}-{i}-' + 'x' * 300, 'o', 'ok', seed=i))"

@@ -1,0 +1,270 @@
+"""The jobs of a batch run: which input goes to which output, from folders, files or a file list; which shard
+of an array a file belongs to; the results log. Plain data and pure functions, so ``dnsep enhance`` and any
+other engine (a cluster's workers) plan the same jobs.
+
+- ``plan_jobs``: inputs named on the command line (files and folders) to outputs, like ``cp``.
+- ``plan_file_list``: a file list or NeMo-style manifest (``--from``).
+- ``shard_of``: the stable shard of a file (``--shard K/N``), by its relative path.
+- ``append_log_row`` / ``failed_inputs``: the JSONL results log (``--log``, ``--retry-failed``).
+
+No output is ever one of the run's inputs (compared by file identity), and two jobs never share an output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dnsep_cli.errors import UsageError
+from dnsep_cli.formats import AUDIO_EXTENSIONS
+
+# what a folder is searched for by default, as --ext spells it
+AUDIO_EXTENSIONS_HELP = ",".join(e.lstrip(".") for e in AUDIO_EXTENSIONS)
+
+
+@dataclass
+class Job:
+    """One input file and where its output goes; ``error`` set when it cannot run (reported, not fatal)."""
+
+    input: Path
+    output: Path | None
+    error: str | None = None
+    key: str = ""  # the input's path relative to what was named on the command line: its seed derives from it
+
+
+@dataclass
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said on stderr before the run (not errors)
+
+
+def parse_extensions(ext: str | None) -> tuple[str, ...]:
+    text = ext or AUDIO_EXTENSIONS_HELP
+    exts = tuple(sorted({"." + e.strip().lower().lstrip(".") for e in text.split(",") if e.strip()}))
+    if not exts:
+        raise UsageError("--ext: give at least one extension, e.g. wav,flac")
+    return exts
+
+
+def _find_audio(folder: Path, exts: tuple[str, ...], exclude: Path | None) -> tuple[list[Path], int]:
+    """The audio files under ``folder``, and how many were left out for lying under the output folder."""
+    found, excluded = [], 0
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.suffix.lower() not in exts or path.name.startswith("."):
+            continue
+        if exclude is not None and exclude in path.resolve().parents:
+            excluded += 1  # our own output folder inside the input folder: never re-enhance outputs
+            continue
+        found.append(path)
+    return found, excluded
+
+
+def plan_jobs(
+    names: list[str] | list[Path], output_name: str | Path | None, exts: tuple[str, ...], format: str | None
+) -> Plan:
+    """Map inputs to outputs. The output is a file when there is one input file and the output is not an
+    existing folder (nor written with a trailing slash, kept as typed); otherwise a folder: files go to
+    ``output/name``, folders to ``output/<path inside the folder>``. ``--format`` changes the output extension
+    in folder mode. No output may be one of the run's inputs (the same file, by identity, not by name)."""
+    from dnsep_cli.audio import FORMAT_EXTENSIONS
+
+    if not names:
+        raise UsageError("give the input file(s) or folder(s) and an output")
+    if output_name is None:
+        if len(names) < 2:
+            raise UsageError("give an output: dnsep enhance IN OUT (or -o OUT)")
+        names, output_name = names[:-1], names[-1]
+    if "-" in [str(n) for n in (*names, output_name)]:
+        raise UsageError("'-' (standard input or output) is not supported: give file or folder names")
+    paths, output = [Path(n) for n in names], Path(output_name)
+    plan = Plan()
+    output_is_file = (
+        len(paths) == 1 and not paths[0].is_dir() and not output.is_dir() and not str(output_name).endswith(("/", "\\"))
+    )
+    if output_is_file:
+        if paths[0].exists() and (
+            paths[0].resolve() == output.resolve() or (output.exists() and paths[0].samefile(output))
+        ):
+            raise UsageError(f"{output}: the output is the input file; refusing to overwrite the input")
+        error = None if paths[0].exists() else f"{paths[0]}: no such file or folder"
+        plan.jobs.append(Job(paths[0], output, error, key=paths[0].name))
+        return plan
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"{output}: several inputs need an output folder, and this is a file")
+    out_root = output.resolve()
+    new_ext = FORMAT_EXTENSIONS.get(format.upper()) if format else None
+
+    def target(rel: Path) -> Path:
+        return output / (rel.with_suffix(new_ext) if new_ext else rel)
+
+    for path in paths:
+        if not path.exists():
+            plan.jobs.append(Job(path, None, f"{path}: no such file or folder"))
+        elif path.is_dir():
+            if path.resolve() == out_root and not new_ext:
+                raise UsageError(f"{output}: the output folder is the input folder; outputs would replace inputs")
+            files, excluded = _find_audio(path, exts, out_root)
+            if excluded:
+                plan.notes.append(
+                    f"left out {excluded} audio file(s) under the output folder {output} inside {path}: "
+                    "outputs are never inputs"
+                )
+            if not files:
+                plan.jobs.append(Job(path, None, f"{path}: no audio files here (looked for {', '.join(exts)})"))
+            plan.jobs += [Job(f, target(f.relative_to(path)), key=f.relative_to(path).as_posix()) for f in files]
+        else:
+            plan.jobs.append(Job(path, target(Path(path.name)), key=path.name))
+    inputs = {_identity(job.input) for job in plan.jobs} - {None}
+    seen: dict[Path, Path] = {}
+    for job in plan.jobs:
+        if job.output is None or job.error:
+            continue
+        key = job.output.resolve()
+        if key in seen:
+            job.error = f"{job.input}: same output {job.output} as {seen[key]}; skipped"
+        elif _identity(job.output) in inputs:
+            job.error = f"{job.output}: is an input of this run; refusing to write over it"
+        else:
+            seen[key] = job.input
+    return plan
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file's (device, inode): one file under two names (a link, ``sub/../a.wav``) is one identity."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def read_file_list(list_path: Path) -> list[tuple[str, str | None]]:
+    """``(input, output or None)`` rows of a file list: ``.jsonl`` (NeMo-style objects with ``audio_filepath``
+    and an optional ``output``), ``.csv`` (a header with ``audio_filepath`` and an optional ``output``), or
+    any other text file (one path a line; blank lines and ``#`` comments skipped)."""
+    import csv
+
+    try:
+        text = list_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--from {list_path}: cannot read it ({err})") from None
+    rows: list[tuple[str, str | None]] = []
+    suffix = list_path.suffix.lower()
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"--from {list_path}:{number}: not a JSON object ({err.msg})") from None
+            if not isinstance(item, dict) or not isinstance(item.get("audio_filepath"), str):
+                raise UsageError(f"--from {list_path}:{number}: needs an audio_filepath string")
+            output = item.get("output")
+            rows.append((item["audio_filepath"], output if isinstance(output, str) and output else None))
+    elif suffix == ".csv":
+        table = list(csv.DictReader(text.splitlines()))
+        if table and "audio_filepath" not in table[0]:
+            raise UsageError(f"--from {list_path}: the header needs an audio_filepath column")
+        rows = [(r["audio_filepath"], r.get("output") or None) for r in table if r["audio_filepath"]]
+    else:
+        rows = [(ln.strip(), None) for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return rows
+
+
+def plan_file_list(list_path: Path, names: list[str], output_name: str | None, format: str | None) -> Plan:
+    """Jobs from a file list (``--from``): inputs relative to the list's folder; each output under the output
+    folder at the row's ``output`` or at the input's own relative path (an absolute path outside the list's
+    folder is mirrored without its root). Two rows writing one output are refused before anything runs."""
+    from dnsep_cli.audio import FORMAT_EXTENSIONS
+
+    if output_name is None:
+        if len(names) != 1:
+            raise UsageError("with --from, give the output folder only: dnsep enhance --from LIST OUT")
+        output_name = names[0]
+    elif names:
+        raise UsageError("with --from, the inputs come from the list: give only the output folder")
+    output = Path(output_name)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"{output}: a file list needs an output folder, and this is a file")
+    base = list_path.resolve().parent
+    new_ext = FORMAT_EXTENSIONS.get(format.upper()) if format else None
+    plan, seen = Plan(), {}
+    for text, out_text in read_file_list(list_path):
+        given = Path(text).expanduser()
+        path = given if given.is_absolute() else base / given
+        try:
+            rel = path.resolve().relative_to(base)
+        except ValueError:
+            rel = Path(*path.resolve().parts[1:])  # outside the list's folder: mirrored without the root
+        target = Path(out_text) if out_text else (rel.with_suffix(new_ext) if new_ext else rel)
+        if target.is_absolute() or ".." in target.parts:
+            raise UsageError(f"--from {list_path}: output {out_text!r} must stay inside the output folder")
+        key = target.as_posix()
+        if key in seen:
+            raise UsageError(f"--from {list_path}: {text} and {seen[key]} would both write {output / target}")
+        seen[key] = text
+        error = None if path.is_file() else f"{path}: no such file"
+        plan.jobs.append(Job(path, output / target, error, key=rel.as_posix()))
+    inputs = {_identity(job.input) for job in plan.jobs} - {None}
+    for job in plan.jobs:
+        if job.error is None and job.output is not None and _identity(job.output) in inputs:
+            job.error = f"{job.output}: is an input of this run; refusing to write over it"
+    return plan
+
+
+def append_log_row(log_path: Path, report) -> None:
+    """One JSON line for one file, appended with a single ``write`` on an ``O_APPEND`` descriptor, so lines
+    of concurrent writers (the tasks of an array sharing one log) never interleave within a line."""
+    import os
+
+    row = {
+        "input": report.input,
+        "output": report.output,
+        "status": report.status,
+        "error": report.error,
+        "seconds": report.elapsed_s,
+        "rtf": report.rtf,
+        "seed": report.seed,
+    }
+    data = (json.dumps(row) + "\n").encode()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def failed_inputs(log_path: Path) -> set[str]:
+    """The inputs whose latest row in a results log says failed (a later ok or skipped row clears it)."""
+    latest: dict[str, str] = {}
+    if not log_path.is_file():
+        raise UsageError(f"--retry-failed: no results log at {log_path}")
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a killed writer
+        if isinstance(row, dict) and isinstance(row.get("input"), str):
+            latest[row["input"]] = str(row.get("status"))
+    return {name for name, status in latest.items() if status == "failed"}
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` (K from 0 to N-1, as SLURM_ARRAY_TASK_ID with ``--array=0-<N-1>``) -> ``(K, N)``."""
+    k_text, sep, n_text = text.partition("/")
+    if not sep or not k_text.strip().isdigit() or not n_text.strip().isdigit():
+        raise UsageError(f"--shard must be K/N with whole numbers, e.g. 0/4, got {text!r}")
+    k, n = int(k_text), int(n_text)
+    if not 0 <= k < n:
+        raise UsageError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard of a file: a stable hash (BLAKE2b) of its relative path, so a grown folder or list keeps
+    every assignment already made, and each file lies in exactly one shard whatever the order or machine."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"dnsep-shard").digest()
+    return int.from_bytes(digest, "big") % shards
