@@ -79,6 +79,9 @@ MAX_CHUNK_SECONDS = 3600.0
 # Most reverse steps: SGMSE+ publishes 30; a thousand is already slow on a GPU.
 MAX_STEPS = 1000
 
+# Output samples (all channels) held in memory for the clip check; longer outputs are spooled to disk.
+MEMORY_SPOOL_SAMPLES = 2**19
+
 # The seed of a run that names none: output is reproducible by default.
 DEFAULT_SEED = 0
 SEED_LIMIT = 2**63  # torch generators take seeds in [0, 2^64); dnsep keeps them to signed 64-bit
@@ -202,6 +205,14 @@ class _ArraySink:
         out = np.concatenate(self.parts) if self.parts else np.zeros((0, channels), np.float32)
         return out * np.float32(gain) if gain != 1.0 else out
 
+    def blocks(self, block_frames: int) -> Iterator[np.ndarray]:
+        for part in self.parts:
+            for start in range(0, len(part), block_frames):
+                yield part[start : start + block_frames]
+
+    def close(self) -> None:
+        self.parts = []
+
 
 class _SpoolSink:
     """Spools the output to a raw float file beside the target, for the one-gain clip check."""
@@ -213,6 +224,12 @@ class _SpoolSink:
     def write(self, block: np.ndarray) -> None:
         self.spool.write(block)
         self.peak = max(self.peak, float(np.abs(block).max(initial=0.0)))
+
+    def blocks(self, block_frames: int) -> Iterator[np.ndarray]:
+        return self.spool.blocks(block_frames)
+
+    def close(self) -> None:
+        self.spool.close()
 
 
 class _Fifo:
@@ -532,7 +549,9 @@ class Enhancer:
         check_writable_folder(out_path.parent)
         stale = remove_stale_temporaries(out_path)
         start = time.perf_counter()
-        sink = _SpoolSink(out_path, info.channels)
+        # a short file's output waits in memory (2 MiB at most), a long one's in a spool file beside the target
+        in_memory = info.frames * info.channels <= MEMORY_SPOOL_SAMPLES
+        sink = _ArraySink() if in_memory else _SpoolSink(out_path, info.channels)
         try:
             stats = self._run(_FileSource(info), sink, settings, seed, progress)
             gain = self._clip_gain(sink.peak, stats, settings)
@@ -541,14 +560,14 @@ class Enhancer:
                 out_path, info.sample_rate, info.channels, fmt, sub, mark=True, replace=replace_existing
             )
             with writer:
-                for part in sink.spool.blocks(block):
+                for part in sink.blocks(block):
                     writer.write(part * np.float32(gain) if gain != 1.0 else part)
         except OutputExists as exists:
             report.status = "skipped"
             report.notes.append(str(exists))
             return report
         finally:
-            sink.spool.close()
+            sink.close()
         report.elapsed_s = time.perf_counter() - start
         report.rtf = report.elapsed_s / info.duration if info.duration > 0 else None
         report.chunks, report.nfe, report.seed = stats.chunks, stats.nfe, stats.seed

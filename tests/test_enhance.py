@@ -421,3 +421,26 @@ def test_a_truncated_wav_is_enhanced_and_noted(quiet_gate: Enhancer, tmp_path: P
     assert report.status == "ok" and sf.info(str(tmp_path / "out.wav")).frames == 6000
     assert any("truncated input: its header declares 1.00 s, the file holds 0.38 s" in n for n in report.notes)
     assert not any("truncated" in n for n in quiet_gate.enhance_file(tmp_path / "full.wav", tmp_path / "o2.wav").notes)
+
+
+def test_short_outputs_wait_in_memory_long_ones_in_a_spool(quiet_gate: Enhancer, tmp_path: Path, monkeypatch) -> None:
+    """Issue 19: a short file writes no spool beside its output (nothing a SIGKILL could leave); a long one
+    spools to disk to keep memory flat; both give the same output."""
+    import dnsep_cli.enhance as enhance_module
+
+    sf.write(tmp_path / "in.wav", _speechy(0.5), 16_000, subtype="FLOAT")
+    spools: list[Path] = []
+    real = enhance_module.FloatSpool
+
+    def recording_spool(target, channels):
+        spool = real(target, channels)
+        spools.append(spool.path)
+        return spool
+
+    monkeypatch.setattr(enhance_module, "FloatSpool", recording_spool)
+    quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "memory.wav", seed=1)
+    assert spools == []
+    monkeypatch.setattr(enhance_module, "MEMORY_SPOOL_SAMPLES", 100)
+    quiet_gate.enhance_file(tmp_path / "in.wav", tmp_path / "spooled.wav", seed=1)
+    assert len(spools) == 1 and not spools[0].exists()
+    np.testing.assert_array_equal(sf.read(tmp_path / "memory.wav")[0], sf.read(tmp_path / "spooled.wav")[0])
