@@ -504,3 +504,11 @@ def test_resume_keeps_the_runs_name_and_refuses_another_network_in_one_line(tmp_
     assert run_cli([*run, "--max-steps", "3", "--resume", "--backbone", "head_channels=4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--resume: the checkpoint was trained with another model configuration" in err
+
+
+def test_a_huge_segment_is_a_usage_error(tmp_path, capsys):
+    """Issue 19: --segment-seconds 1000 ran a batch of 8 x 1000 s through the network and was killed for memory
+    (exit 137 on 24 GiB); now it is refused before any data is loaded."""
+    assert run_cli(["train", str(tmp_path / "run"), "--pairs", str(tmp_path), "--segment-seconds", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--segment-seconds" in err

@@ -42,7 +42,9 @@ def train(
     max_steps: int = typer.Option(100_000, min=1, help="Stop after this many optimiser steps in total."),
     time_limit: float | None = typer.Option(None, min=1, help="Stop this invocation after so many seconds."),
     batch_size: int = typer.Option(8, min=1),
-    segment_seconds: float = typer.Option(2.0, min=0.25),
+    segment_seconds: float = typer.Option(
+        2.0, min=0.25, max=60.0, help="Seconds of audio per training example (a batch of 1000-s ones exhausts memory)."
+    ),
     lr: float = typer.Option(1e-3, min=0),
     p_prior: float = typer.Option(
         0.25, min=0, max=1, help="Share of each batch trained on the one-shot estimate from the prior (x_T ~ y)."
@@ -77,7 +79,9 @@ def train(
         None, help="Folder of the front-end's cached mixture pool (default OUT_DIR/pool); built or resumed first."
     ),
     pool_items: int = typer.Option(6000, min=1, help="Mixtures in the front-end pool."),
-    pool_seconds: float = typer.Option(3.0, min=0.5, help="Length of each pooled mixture (crops of it train)."),
+    pool_seconds: float = typer.Option(
+        3.0, min=0.5, max=60.0, help="Length of each pooled mixture (crops of it train)."
+    ),
     pool_workers: int = typer.Option(1, min=1, help="Processes building the pool side by side."),
     pool_only: bool = typer.Option(False, "--pool-only", help="Build the front-end pool, then stop."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
