@@ -329,3 +329,16 @@ def test_a_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path: Path) -> No
     done = _run_limited(["inspect", str(path)], HOSTILE_LIMIT)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "inflates to 100 MiB" in done.stderr
+
+
+def test_a_checkpoint_whose_hyperparameters_ask_for_gigabytes_is_refused_first(tmp_path: Path) -> None:
+    """Issue 19: a .ckpt with nf 1e9 built a 4 GB network from its hyper-parameters before any check; its
+    backbone is now built on the meta device and its weights compared by shape."""
+    import torch
+    from test_sgmse_checkpoint import HPARAMS
+
+    path = tmp_path / "huge.ckpt"
+    torch.save({"hyper_parameters": {**HPARAMS, "nf": 10**9}, "state_dict": {"dnn.x": torch.zeros(1)}}, path)
+    done = _run_limited(["inspect", str(path)], HOSTILE_LIMIT)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr and "MemoryError" not in done.stderr
