@@ -221,13 +221,14 @@ def remove_stale_temporaries(target: Path, now: float | None = None) -> int:
     """Remove the hidden temporary files of ``target`` that a killed run (SIGKILL, a power cut) left beside
     it: dnsep's own naming (``.<name>.<random>.dnsep-tmp`` / ``.dnsep-spool``) and untouched for an hour, so a
     run still writing them is never disturbed. Returns how many were removed."""
+    import glob
     import time
 
     now = time.time() if now is None else now
     removed = 0
     if not target.parent.is_dir():
         return 0
-    for path in target.parent.glob(f".{glob_escape(target.name)}.*"):
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*"):
         if not path.name.endswith(TEMP_SUFFIXES) or not path.is_file():
             continue
         with contextlib.suppress(OSError):
@@ -235,13 +236,6 @@ def remove_stale_temporaries(target: Path, now: float | None = None) -> int:
                 path.unlink()
                 removed += 1
     return removed
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob's special characters quoted."""
-    import glob
-
-    return glob.escape(name)
 
 
 def set_default_mode(path: Path) -> None:

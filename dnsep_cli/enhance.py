@@ -87,6 +87,13 @@ DEFAULT_SEED = 0
 SEED_LIMIT = 2**63  # torch generators take seeds in [0, 2^64); dnsep keeps them to signed 64-bit
 
 
+def check_seed(seed: int) -> int:
+    """``seed`` when a generator takes it; one usage error otherwise (a 20-digit seed failed every file)."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"--seed must be in [0, 2^63), got {seed}")
+    return seed
+
+
 def file_seed(seed: int, key: str) -> int:
     """The seed of one file of a run: ``seed`` and the file's relative path ``key`` hashed (BLAKE2b) to 32
     bits. Stable across runs, platforms and Python versions (unlike ``hash``), short enough to read in a log."""
@@ -624,9 +631,7 @@ class Enhancer:
 
         rate, channels, frames = source.sample_rate, source.channels, source.frames
         block_frames = max(1, int(BLOCK_SECONDS * rate))
-        seed = DEFAULT_SEED if seed is None else int(seed)
-        if not 0 <= seed < SEED_LIMIT:
-            raise UsageError(f"--seed must be in [0, 2^63), got {seed}")
+        seed = DEFAULT_SEED if seed is None else check_seed(int(seed))
         stats = _RunStats(seed=seed)
         peak = stats.input_peak = _scan(source, block_frames)
         if peak == 0.0:

@@ -212,10 +212,7 @@ def load_model(source: ModelSource, device: str | torch.device = "cpu", dtype: t
         # shapes first, memory later: the config's network on the meta device against the file's header, so a
         # config.json asking for [4096, 4096, 4096] channels is refused before gigabytes are allocated
         _check_shapes(source.folder, _expected_shapes(config, source.folder), _stored_shapes(weights))
-        try:
-            model = ScoreModel(config)
-        except (ValueError, TypeError) as err:
-            raise DnsepError(f"{source.folder}: cannot build the model ({_first_line(err)})") from None
+        model = ScoreModel(config)  # the meta-device build above already refused a config it cannot build
         try:
             state = load_file(str(weights))
         except (SafetensorError, OSError) as err:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def plan_jobs(
             plan.jobs += [Job(f, target(f.relative_to(path)), key=f.relative_to(path).as_posix()) for f in files]
         else:
             plan.jobs.append(Job(path, target(Path(path.name)), key=path.name))
-    inputs = {_identity(job.input) for job in plan.jobs} - {None}
+    _refuse_outputs_that_are_inputs(plan.jobs)
     seen: dict[Path, Path] = {}
     for job in plan.jobs:
         if job.output is None or job.error:
@@ -124,11 +125,17 @@ def plan_jobs(
         key = job.output.resolve()
         if key in seen:
             job.error = f"{job.input}: same output {job.output} as {seen[key]}; skipped"
-        elif _identity(job.output) in inputs:
-            job.error = f"{job.output}: is an input of this run; refusing to write over it"
         else:
             seen[key] = job.input
     return plan
+
+
+def _refuse_outputs_that_are_inputs(jobs: list[Job]) -> None:
+    """Fail every job whose output is one of the run's inputs, by file identity (links and ``..`` included)."""
+    inputs = {_identity(job.input) for job in jobs} - {None}
+    for job in jobs:
+        if job.error is None and job.output is not None and _identity(job.output) in inputs:
+            job.error = f"{job.output}: is an input of this run; refusing to write over it"
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -208,18 +215,13 @@ def plan_file_list(list_path: Path, names: list[str], output_name: str | None, f
         seen[key] = text
         error = None if path.is_file() else f"{path}: no such file"
         plan.jobs.append(Job(path, output / target, error, key=rel.as_posix()))
-    inputs = {_identity(job.input) for job in plan.jobs} - {None}
-    for job in plan.jobs:
-        if job.error is None and job.output is not None and _identity(job.output) in inputs:
-            job.error = f"{job.output}: is an input of this run; refusing to write over it"
+    _refuse_outputs_that_are_inputs(plan.jobs)
     return plan
 
 
 def append_log_row(log_path: Path, report) -> None:
     """One JSON line for one file, appended with a single ``write`` on an ``O_APPEND`` descriptor, so lines
     of concurrent writers (the tasks of an array sharing one log) never interleave within a line."""
-    import os
-
     row = {
         "input": report.input,
         "output": report.output,
@@ -230,11 +232,23 @@ def append_log_row(log_path: Path, report) -> None:
         "seed": report.seed,
     }
     data = (json.dumps(row) + "\n").encode()
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = _open_log(log_path)
     try:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def check_log(log_path: Path) -> None:
+    """The results log can be appended to (created if missing): checked before any work, or every row is lost."""
+    try:
+        os.close(_open_log(log_path))
+    except OSError as err:
+        raise UsageError(f"--log {log_path}: cannot write it ({err.strerror or err})") from None
+
+
+def _open_log(log_path: Path) -> int:
+    return os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
 
 def failed_inputs(log_path: Path) -> set[str]:

@@ -616,18 +616,20 @@ def _interrupt_after_step() -> Iterator[Callable[[], bool]]:
     signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {sig: signal.getsignal(sig) for sig in signals}
 
-    def on_signal(signum: int, frame: object) -> None:
-        hit.set()
+    def restore() -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+    def on_signal(signum: int, frame: object) -> None:
+        hit.set()
+        restore()
 
     for sig in signals:
         signal.signal(sig, on_signal)
     try:
         yield hit.is_set
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from dnsep_cli.jobs import (
     AUDIO_EXTENSIONS_HELP,
     Job,
     append_log_row,
+    check_log,
     failed_inputs,
     parse_extensions,
     parse_shard,
@@ -135,9 +136,10 @@ def enhance(
     ),
 ) -> None:
     """Enhance noisy speech files with a score-based model."""
+    from dnsep_cli.enhance import check_seed
+
     exts = parse_extensions(ext)
-    if not 0 <= seed < 2**63:
-        raise UsageError(f"--seed must be in [0, 2^63), got {seed}")
+    check_seed(seed)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     if format is not None or subtype is not None:
@@ -151,13 +153,8 @@ def enhance(
         plan = plan_file_list(from_list, list(paths or []), output, format)
     else:
         plan = plan_jobs(list(paths or []), output, exts, format)
-    if log is not None and not retry_failed:  # before any work: a log that cannot be written loses every row
-        import os
-
-        try:
-            os.close(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
-        except OSError as err:
-            raise UsageError(f"--log {log}: cannot write it ({err.strerror or err})") from None
+    if log is not None and not retry_failed:
+        check_log(log)
     if retry_failed:
         if log is None:
             raise UsageError("--retry-failed reads the results log: give it with --log FILE")
