@@ -435,7 +435,7 @@ def test_validation_path_builds_no_autograd_graph():
 
 
 def test_log_magnitude_loss_known_values() -> None:
-    from dnsep_cli.train import LOG_FLOOR, log_magnitude_loss
+    from dnsep_cli.train import LOG_FLOOR, SpectrumLoss, log_magnitude_loss
 
     target = torch.zeros(2, 1, 4, 5, dtype=torch.complex64)
     target[0] = 1.0  # a loud example, and a silent one
@@ -448,7 +448,25 @@ def test_log_magnitude_loss_known_values() -> None:
     # the squared terms price the silent residual at 3.3x the loud one's, the log term at over 500x
     squared = spectrum_loss(estimate, target)
     assert squared[1] / squared[0] < 4 and expected[1] / expected[0] > 500
-    torch.testing.assert_close(spectrum_loss(estimate, target, log_weight=0.5), squared + 0.5 * expected)
+    torch.testing.assert_close(SpectrumLoss(log_weight=0.5)(estimate, target), squared + 0.5 * expected)
+
+
+def test_log_residual_loss_prices_only_what_is_left_above_the_target() -> None:
+    from dnsep_cli.train import LOG_FLOOR, SpectrumLoss, log_magnitude_loss, log_residual_loss
+
+    target = torch.full((2, 1, 3, 4), 0.5, dtype=torch.complex64)
+    target[1, :, :, :2] = 0  # the second example has a pause
+    assert torch.equal(log_residual_loss(target, target), torch.zeros(2))
+    # removing too much costs nothing here (the symmetric terms price it); leaving too much costs the log ratio
+    assert torch.equal(log_residual_loss(0.5 * target, target), torch.zeros(2))
+    louder = 2 * target + 0.09  # twice the speech, and a residual of 0.09 in the pause
+    ratio = math.log((1.09 + LOG_FLOOR) / (0.5 + LOG_FLOOR))
+    expected = torch.tensor([ratio, (ratio + math.log((0.09 + LOG_FLOOR) / LOG_FLOOR)) / 2])
+    torch.testing.assert_close(log_residual_loss(louder, target), expected)
+    # on an estimate that only over-estimates, the one-sided term equals the symmetric one
+    torch.testing.assert_close(log_residual_loss(louder, target), log_magnitude_loss(louder, target))
+    both = SpectrumLoss(log_weight=0.25, residual_weight=2.0)(louder, target)
+    torch.testing.assert_close(both, spectrum_loss(louder, target) + 2.25 * expected)
 
 
 def test_an_unwritable_run_folder_is_one_line(tmp_path, capsys):

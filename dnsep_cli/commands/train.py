@@ -62,6 +62,12 @@ def train(
         help="Weight of a log-magnitude term in the spectrum losses (0: off); it penalises residual noise in "
         "quiet bins, which the squared terms barely see.",
     ),
+    residual_weight: float = typer.Option(
+        0.0,
+        min=0,
+        help="Weight of a one-sided log-magnitude term (0: off) that prices only what the estimate leaves above "
+        "the clean speech: residual noise, not missing speech.",
+    ),
     snr_low: float = typer.Option(-5.0, help="Lowest training SNR in dB."),
     snr_high: float = typer.Option(20.0, help="Highest training SNR in dB."),
     p_reverb: float = typer.Option(0.2, min=0, max=1),
@@ -204,6 +210,7 @@ def train(
         p_prior=p_prior,
         p_refine=p_refine,
         log_weight=log_weight,
+        residual_weight=residual_weight,
     )
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if device.startswith("cuda"):
