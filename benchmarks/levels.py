@@ -4,7 +4,7 @@
     python benchmarks/levels.py --corpus ../shared/corpus --out /tmp/levels --validation-from /tmp/bench \\
         --max-files 30 --noise-files 5                      # reuse the set quality.py wrote in /tmp/bench
 
-Two parts, both with ``dnsep_cli.levels`` and the model's own settings (``Enhancer.enhance(..., seed=0)``):
+Two parts, both with ``dnsep_cli.eval.levels`` and the model's own settings (``Enhancer.enhance(..., seed=0)``):
 
 a) The fixed validation mixtures that ``benchmarks/quality.py`` builds (``valid`` split, -5..15 dB SNR, 6 s,
    seed 1234; under ``VALIDATION_FROM/validation``, by default ``OUT/validation``, built once), evenly
@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import SAMPLE_RATE, _finite, corpus_items, machine, pick
 
-from dnsep_cli.levels import level_report, noise_only_report
+from dnsep_cli.eval.levels import level_report, noise_only_report
 
 SECONDS = 20.0
 SEED = 0
@@ -86,7 +86,7 @@ def noise_violations(r: dict[str, float]) -> list[str]:
 
 def noise_inputs(corpus: Path, files: int, levels: list[float]) -> list[tuple[str, np.ndarray]]:
     """``(name, (L,) float32)``: looped noise crops at each RMS level, digital silence, -70 dBFS white noise."""
-    from dnsep_cli.data import list_corpus, load_audio
+    from dnsep_cli.train.data import list_corpus, load_audio
 
     length = round(SECONDS * SAMPLE_RATE)
     out = []

@@ -4,9 +4,9 @@
     python benchmarks/quality.py --pairs DIR --out /tmp/bench       # DIR/clean/*.wav + DIR/noisy/*.wav
 
 ``--corpus``: the ``valid`` split of ``splits.csv`` (speech and noise folders), mixed by
-``dnsep_cli.data.build_validation_set`` at -5, 0, 5, 10 and 15 dB (SNR on active speech), 6 s crops, seed
+``dnsep_cli.train.data.build_validation_set`` at -5, 0, 5, 10 and 15 dB (SNR on active speech), 6 s crops, seed
 1234, written once to ``OUT/validation`` and reused. Every method enhances every noisy file; each output is
-scored against its clean reference with ``dnsep_cli.metrics`` (PESQ WB and NB, ESTOI, SI-SDR, DNSMOS P.835).
+scored against its clean reference with ``dnsep_cli.eval.metrics`` (PESQ WB and NB, ESTOI, SI-SDR, DNSMOS P.835).
 
 The real-time factor is the processing time summed over the files divided by the audio duration summed over
 them, with ``--threads`` torch threads (default 2), excluding model loading (dnsep) and stream set-up
@@ -38,8 +38,8 @@ from peers import PEERS, Dnsep, load_peer, parse_overrides
 
 from dnsep_cli.commands.enhance import QUALITY_PRESET
 from dnsep_cli.errors import DnsepError
-from dnsep_cli.evaluate import summarize
-from dnsep_cli.metrics import COLUMNS, compute_metrics
+from dnsep_cli.eval.evaluate import summarize
+from dnsep_cli.eval.metrics import COLUMNS, compute_metrics
 
 SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0)
 SEED = 1234
@@ -90,7 +90,7 @@ class MethodResult:
 
 def corpus_items(corpus: Path, out: Path) -> list[Item]:
     """The fixed validation set of ``corpus`` (valid split), built once under ``out/validation``."""
-    from dnsep_cli.data import build_validation_set, list_corpus
+    from dnsep_cli.train.data import build_validation_set, list_corpus
 
     speech = list_corpus(corpus, "speech", "valid")
     noise = list_corpus(corpus, "noise", "valid")
@@ -102,7 +102,7 @@ def corpus_items(corpus: Path, out: Path) -> list[Item]:
 
 def pair_items(pairs: Path) -> list[Item]:
     """``pairs/clean`` and ``pairs/noisy`` matched by relative path; mono files only."""
-    from dnsep_cli.evaluate import match_files, read_audio
+    from dnsep_cli.eval.evaluate import match_files, read_audio
 
     m = match_files(pairs / "noisy", pairs / "clean")
     if not m.complete:
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    from dnsep_cli.metrics import check_available, parse_metrics
+    from dnsep_cli.eval.metrics import check_available, parse_metrics
 
     metrics = list(parse_metrics(args.metrics, have_reference=True))
     check_available(metrics)

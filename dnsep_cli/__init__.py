@@ -1,14 +1,17 @@
 """dnsep: score-based (diffusion) speech enhancement.
 
-The pipeline, one module per stage::
+The pipeline, one module per stage at this level::
 
     audio.py (read, resample, write atomically)
+      -> frontend.py (the predictive front-end's estimate, for a model that has one)
       -> transforms.py (complex STFT, amplitude compression)
       -> chunking.py (overlapping chunks, cross-faded overlap-add)
       -> model.py (score network + SDE + post-filter, loaded from config.json + safetensors)
-      -> sampling.py (predictor-corrector sampler / probability-flow ODE over sde.py)
-      -> deepfilter.py (DfOp post-filter)
-      -> enhance.py (the ``Enhancer`` API that the CLI in cli.py wraps)
+      -> sampler_stage.py (one-shot estimate or reverse process, passes, post-filter)
+      -> enhance.py (the ``Enhancer`` API that the CLI in cli.py and commands/ wraps)
+
+The mathematics one folder down (diffusion/: SDEs, samplers, score matching, DDPM; nn/: backbones and
+their parts), and the side jobs (train/, eval/).
 """
 
 from __future__ import annotations

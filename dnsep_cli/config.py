@@ -81,7 +81,7 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """The score network by registry name (``dnsep_cli.backbones``) and its keyword parameters."""
+    """The score network by registry name (``dnsep_cli.nn.backbones``) and its keyword parameters."""
 
     name: str = "osa_unet"
     params: dict[str, Any] = field(default_factory=dict)

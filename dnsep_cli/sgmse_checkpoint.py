@@ -353,7 +353,7 @@ def convert_checkpoint(
     checkpoint: dict[str, Any], name: str, source: str = "checkpoint"
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """``(config, state_dict)`` of a dnsep ``ScoreModel`` (keys ``backbone.*``, float32) from an unpickled one."""
-    from dnsep_cli.backbones import build_backbone
+    from dnsep_cli.nn.backbones import build_backbone
 
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict):

@@ -98,7 +98,7 @@ def test_model_without_card_or_postfilter(tmp_path: Path, capsys) -> None:
 
 
 def test_sgmse_checkpoint_is_inspected_after_conversion(tmp_path: Path, capsys) -> None:
-    from dnsep_cli.backbones import build_backbone
+    from dnsep_cli.nn.backbones import build_backbone
     from dnsep_cli.sgmse_checkpoint import config_from_hparams
 
     hparams = {

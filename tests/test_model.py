@@ -6,9 +6,11 @@ import pytest
 import torch
 from conftest import ScalingBackbone, tiny_model_config, voiced_signal
 
-from dnsep_cli.backbones import build_backbone
 from dnsep_cli.config import WEIGHTS_FILE
-from dnsep_cli.model import ScoreModel, enhance_spectrogram
+from dnsep_cli.diffusion.score_matching import data_from_v, v_coefficients, v_target
+from dnsep_cli.model import ScoreModel
+from dnsep_cli.nn.backbones import build_backbone
+from dnsep_cli.sampler_stage import enhance_spectrogram, one_shot
 
 
 def _spectra(model: ScoreModel, batch: int = 2, channels: int = 1, seconds: float = 0.5):
@@ -76,11 +78,12 @@ def test_v_parameterisation_inverts_its_target_exactly():
     z = torch.randn_like(x0)
     mean, std = model.sde.marginal_prob(x0, y, t)
     x_t = mean + std.reshape(-1, 1, 1, 1) * z
-    v = model.v_target(x0, y, t, z)
-    assert torch.allclose(model._data_from_v(x_t, y, t, v), x0, atol=1e-5)
+    v = v_target(model.sde, x0, y, t, z)
+    assert torch.allclose(data_from_v(model.sde, x_t, y, t, v), x0, atol=1e-5)
     # v has unit scale: alpha^2 + sigma^2 = 1 makes it a rotation of (z, x0 - y)
-    a, std_b, r = model._v_coefficients(x0, y, t)
-    assert torch.allclose((a / r) ** 2 + (std_b / r) ** 2, torch.ones_like(r))
+    alpha, sigma, _, k = v_coefficients(model.sde, t, x0)
+    assert torch.allclose(alpha**2 + sigma**2, torch.ones_like(alpha))
+    assert torch.equal(k, torch.ones_like(k))  # the OUVE's mean contracts to y itself
 
 
 def test_untrained_backbone_starts_from_the_noisy_input():
@@ -154,13 +157,12 @@ def test_gradients_reach_every_parameter():
 def _record_evaluations(model: ScoreModel) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Wrap the network's forward pass so each real evaluation appends its ``(x, t, y)``; returns that list."""
     calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    raw = model._raw
 
-    def recording(x, y, t):
+    def recording(module, args, output):
+        x, y, t = args[:3]
         calls.append((x.clone(), t.clone(), y.clone()))
-        return raw(x, y, t)
 
-    model._raw = recording
+    model.register_forward_hook(recording)
     return calls
 
 
@@ -190,7 +192,7 @@ def test_model_runs_under_bf16_autocast():
 @pytest.mark.parametrize("denoise", [True, False])
 def test_ode_sampler_honours_denoise_and_reports_its_nfe(denoise):
     from dnsep_cli.config import SamplerConfig
-    from dnsep_cli.sampling import count_nfe
+    from dnsep_cli.diffusion.sampling import count_nfe
 
     model = ScoreModel(tiny_model_config()).eval()
     _, y = _spectra(model, batch=1)
@@ -203,7 +205,7 @@ def test_ode_sampler_honours_denoise_and_reports_its_nfe(denoise):
 
 def test_band_gru_sees_the_whole_time_axis_and_starts_as_the_identity():
     """The bottleneck GRU: context over every frame (both directions) and, untrained, no change at all."""
-    from dnsep_cli.backbones.osa_unet import BandGRU
+    from dnsep_cli.nn.backbones.osa_unet import BandGRU
 
     torch.manual_seed(7)
     gru = BandGRU(channels=6, hidden=5)
@@ -225,7 +227,7 @@ def test_band_gru_sees_the_whole_time_axis_and_starts_as_the_identity():
 
 def test_growing_a_trained_backbone_by_the_gru_keeps_its_output():
     """``temporal_hidden`` added to a trained osa_unet: same function until the new GRU is trained."""
-    from dnsep_cli.train import load_init_weights
+    from dnsep_cli.train.trainer import load_init_weights
 
     torch.manual_seed(8)
     params = {"channels": [8, 12], "dilations": [1, 2], "patch": 4}
@@ -246,7 +248,7 @@ def test_growing_a_trained_backbone_by_the_gru_keeps_its_output():
 
 
 def test_initial_weights_must_fit_the_model():
-    from dnsep_cli.train import load_init_weights
+    from dnsep_cli.train.trainer import load_init_weights
 
     small = build_backbone("osa_unet", {"channels": [8, 12], "dilations": [1, 2], "patch": 4})
     wide = build_backbone("osa_unet", {"channels": [8, 16], "dilations": [1, 2], "patch": 4})
@@ -270,7 +272,7 @@ def test_zero_steps_is_the_one_shot_estimate_alone(postfilter):
         config = SamplerConfig(steps=0, t_start=0.5)
         gen = torch.Generator().manual_seed(9)
         x_hat, nfe = enhance_spectrogram(model, y, config, generator=gen, postfilter=postfilter)
-        x0_hat = model.one_shot(y, torch.Generator().manual_seed(9))
+        x0_hat = one_shot(model, y, torch.Generator().manual_seed(9))
         expected = model.apply_postfilter(x0_hat, y) if postfilter else x0_hat
     assert nfe == 1 and len(calls) == 2  # one for enhance_spectrogram, one for the reference
     x_T, t, _ = calls[0]
@@ -293,7 +295,7 @@ def test_zero_steps_is_the_one_shot_estimate_alone(postfilter):
 )
 def test_sampler_nfe_counts_the_real_evaluations(sampler):
     from dnsep_cli.config import SamplerConfig
-    from dnsep_cli.model import sampler_nfe
+    from dnsep_cli.sampler_stage import sampler_nfe
 
     model = ScoreModel(tiny_model_config()).eval()
     _, y = _spectra(model, batch=1)
@@ -324,7 +326,7 @@ def test_one_shot_with_estimates_is_the_mean_over_distinct_prior_draws():
     _, y = _spectra(model, batch=2)
     calls = _record_evaluations(model)
     with torch.no_grad():
-        x0_hat = model.one_shot(y, torch.Generator().manual_seed(4), estimates=3)
+        x0_hat = one_shot(model, y, torch.Generator().manual_seed(4), estimates=3)
         x_T, t, _ = calls[0]
         assert len(calls) == 1 and x_T.shape == (6, *y.shape[1:])  # one batched evaluation of 3 x 2 items
         assert torch.all(t == model.sde.T)
@@ -333,11 +335,11 @@ def test_one_shot_with_estimates_is_the_mean_over_distinct_prior_draws():
         singles = [model.data_estimate(d, y, t[:2]) for d in draws]
         assert torch.allclose(x0_hat, sum(singles) / 3, atol=1e-6)
         # estimates=1 is the plain one-shot estimate on the first draw of the same seed
-        one = model.one_shot(y, torch.Generator().manual_seed(4))
+        one = one_shot(model, y, torch.Generator().manual_seed(4))
         assert torch.equal(calls[-1][0], model.sde.prior_sampling(y, generator=torch.Generator().manual_seed(4)))
         assert torch.allclose(one, model.data_estimate(calls[-1][0], y, t[:2]), atol=1e-6)
     with pytest.raises(ValueError, match="estimates"):
-        model.one_shot(y, estimates=0)
+        one_shot(model, y, estimates=0)
 
 
 def test_more_estimates_reduce_the_draw_to_draw_variance():
@@ -346,7 +348,7 @@ def test_more_estimates_reduce_the_draw_to_draw_variance():
 
     def spread(estimates: int) -> float:
         with torch.no_grad():
-            runs = torch.stack([model.one_shot(y, torch.Generator().manual_seed(s), estimates) for s in range(8)])
+            runs = torch.stack([one_shot(model, y, torch.Generator().manual_seed(s), estimates) for s in range(8)])
         return float((runs - runs.mean(0)).abs().pow(2).mean())
 
     one, sixteen = spread(1), spread(16)
@@ -364,7 +366,7 @@ def test_passes_compose_the_model_with_itself_at_the_right_level(passes):
     """A model that scales by c, run P times on its own output, scales by c^P: each later pass sees its
     conditioner at y's peak, and its output is brought back to the level it came in at."""
     from dnsep_cli.config import SamplerConfig
-    from dnsep_cli.model import sampler_nfe
+    from dnsep_cli.sampler_stage import sampler_nfe
 
     model = ScoreModel(tiny_model_config(output="data")).eval()
     model.backbone = ScalingBackbone(0.5)

@@ -20,7 +20,7 @@ import soundfile as sf
 from cli_runner import run_cli
 from conftest import voiced_signal
 
-from dnsep_cli.metrics import si_sdr
+from dnsep_cli.eval.metrics import si_sdr
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SR = 16000

@@ -22,9 +22,9 @@ import torch
 from cli_runner import run_cli
 from sgmse_reference import PUBLISHED_SAMPLER
 
-from dnsep_cli.backbones import build_backbone
 from dnsep_cli.errors import DnsepError
 from dnsep_cli.model import ScoreModel
+from dnsep_cli.nn.backbones import build_backbone
 from dnsep_cli.sgmse_checkpoint import (
     AttributeDict,
     ClassReference,

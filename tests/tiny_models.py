@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dnsep_cli.backbones import register_backbone
 from dnsep_cli.config import BackboneConfig, ModelConfig, SamplerConfig, SDEConfig, STFTConfig
+from dnsep_cli.nn.backbones import register_backbone
 
 TINY_CARD = """# tiny-test
 

@@ -4,7 +4,7 @@
   sampler settings read from the checkpoint's hyper-parameters), ``model.safetensors`` (the EMA weights) and
   ``MODEL_CARD.md`` (where it came from); it loads without pickle afterwards.
 - ``SOURCE`` a dnsep model (name or folder) with ``--frontend dfn3``: the same network grown to refine the
-  front-end's estimate, untrained (``dnsep_cli.train.grow_with_frontend``); what ``dnsep-dfn3`` ships.
+  front-end's estimate, untrained (``dnsep_cli.train.trainer.grow_with_frontend``); what ``dnsep-dfn3`` ships.
 
 The folder then works with ``--model OUT_DIR`` and can be uploaded to the Hugging Face Hub as it is.
 """
@@ -146,7 +146,7 @@ def _grow(source: str, out_dir: Path, name: str | None, frontend: str) -> None:
     from dnsep_cli.errors import UsageError
     from dnsep_cli.frontend import build_frontend
     from dnsep_cli.hub import resolve_model
-    from dnsep_cli.train import grow_with_frontend
+    from dnsep_cli.train.trainer import grow_with_frontend
 
     folder = resolve_model(source).folder
     if folder is None:

@@ -36,8 +36,8 @@ def evaluate(
     """Score enhanced speech: PESQ (wide/narrow band), ESTOI, SI-SDR and DNSMOS P.835 SIG/BAK/OVRL."""
     from rich.console import Console
 
-    from dnsep_cli.evaluate import check_output_path, evaluate, match_files, write_report
-    from dnsep_cli.metrics import check_available, parse_metrics
+    from dnsep_cli.eval.evaluate import check_output_path, evaluate, match_files, write_report
+    from dnsep_cli.eval.metrics import check_available, parse_metrics
 
     if output is not None:
         check_output_path(output)
@@ -81,7 +81,7 @@ def _summary_table(report):
     """A rich table: one row per metric column; with --noisy, the noisy mean and the mean improvement."""
     from rich.table import Table
 
-    from dnsep_cli.evaluate import Summary
+    from dnsep_cli.eval.evaluate import Summary
 
     def fmt(v: float, spec: str = ".3f") -> str:
         return "-" if v != v else format(v, spec)  # v != v: NaN

@@ -19,7 +19,7 @@ def describe_model(spec: str | None) -> dict[str, Any]:
     import torch
 
     from dnsep_cli.hub import card_section, load_model, read_model_card, resolve_model
-    from dnsep_cli.model import sampler_nfe
+    from dnsep_cli.sampler_stage import sampler_nfe
 
     source = resolve_model(spec)
     model = load_model(source, "cpu")

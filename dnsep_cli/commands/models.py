@@ -27,7 +27,7 @@ def first_sentence(markdown: str) -> str:
 def list_models() -> list[dict]:
     from dnsep_cli.hub import DEFAULT_MODEL, list_shipped_models, parse_card_sections, resolve_model
     from dnsep_cli.hub import load_config as read_config
-    from dnsep_cli.model import sampler_nfe
+    from dnsep_cli.sampler_stage import sampler_nfe
 
     rows = []
     for name in list_shipped_models():

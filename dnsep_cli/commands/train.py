@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
-from dataclasses import replace
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
-from dnsep_cli.errors import UsageError
-
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from dnsep_cli.config import ModelConfig
+    from dnsep_cli.train.run import RunSpec
 
 
 def train(
@@ -93,187 +91,55 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train (or fine-tune, or resume) a score model; the best validation checkpoint is exported as a model folder."""
-    import platform
+    options = dict(locals())  # every option but --quiet is a field of RunSpec
+    from dnsep_cli.errors import Interrupted
+    from dnsep_cli.train.run import RunSpec, prepare_run
 
-    import torch
-
-    from dnsep_cli import data
-    from dnsep_cli.train import TrainConfig, Trainer, base_model_config
-
-    if p_prior + p_refine > 1:
-        raise UsageError(f"--p-prior {p_prior} and --p-refine {p_refine} are shares of one batch: their sum exceeds 1")
-    if output not in ("data", "score", "v"):
-        raise UsageError(f"--output must be data, score or v, got {output!r}")
-    sources = [corpus is not None, speech is not None or noise is not None, pairs is not None]
-    if sum(sources) != 1:
-        raise UsageError("give exactly one data source: --corpus, --speech with --noise, or --pairs")
-    if (speech is None) != (noise is None):
-        raise UsageError("--speech and --noise go together")
-    _check_run_folder(out_dir)
-    if resume and not (out_dir / "state.pt").is_file():
-        raise UsageError(f"--resume: no checkpoint at {out_dir / 'state.pt'}")
-    if not resume and (out_dir / "state.pt").exists():
-        raise UsageError(f"{out_dir} already holds a run: add --resume to continue it, or choose another folder")
-    if threads:
-        torch.set_num_threads(threads)
-    from dnsep_cli.enhance import resolve_device
-
-    device = str(resolve_device(device))  # one line where CUDA is asked for and missing
-
-    model_config = base_model_config(output)
-    if init is not None:
-        from dnsep_cli.hub import resolve_model
-
-        init_source = resolve_model(init)
-        if init_source.folder is None:
-            raise UsageError(f"--init {init}: fine-tuning starts from a dnsep model folder, not an SGMSE+ checkpoint")
-        init_folder = init_source.folder
-        from dnsep_cli.config import ModelConfig
-
-        model_config = ModelConfig.load(init_folder)
-    if frontend != "none":
-        model_config = _with_frontend(model_config, frontend)
-    if backbone:
-        model_config = _with_backbone_params(model_config, backbone)
-    # the model is named after its run, not after the architecture it started from (dnsep-base)
-    model_config = replace(model_config, name=out_dir.resolve().name)
-    sr = model_config.sample_rate
-    mix = data.MixConfig(
-        segment_seconds=segment_seconds,
-        snr_db=(snr_low, snr_high),
-        p_reverb=p_reverb,
-        p_two_channel=p_two_channel,
-    )
-    validation: list[tuple[str, object, object]] = []
-    if pairs is not None:
-        if frontend != "none":
-            raise UsageError("--frontend trains on a pool of dynamic mixtures: use --corpus or --speech with --noise")
-        dataset = data.PairedDataset(pairs, sr, segment_seconds, seed)
-        data_note = f"Paired clean/noisy folders: {pairs}"
-    else:
-        root = corpus if corpus is not None else None
-        if root is not None:
-            train_speech = data.list_corpus(root, "speech", "train", subset)
-            train_noise = data.list_corpus(root, "noise", "train", subset)
-            val_speech = data.list_corpus(root, "speech", "valid")
-            val_noise = data.list_corpus(root, "noise", "valid")
-        else:
-            assert speech is not None and noise is not None
-            train_speech = data.list_corpus(speech.parent, speech.name, split, subset)
-            train_noise = data.list_corpus(noise.parent, noise.name, split, subset)
-            val_speech, val_noise = [], []
-            if split is not None and split != "valid":  # the same splits.csv names the held-out files
-                val_speech = data.list_corpus(speech.parent, speech.name, "valid")
-                val_noise = data.list_corpus(noise.parent, noise.name, "valid")
-            if not (val_speech and val_noise) and val_items > 0 and not quiet:
-                typer.echo(
-                    "no validation set (--speech/--noise without --split and a 'valid' split in splits.csv): "
-                    f"no best/ model, only {out_dir}/last"
-                )
-        if not quiet:
-            typer.echo(f"loading {len(train_speech)} speech and {len(train_noise)} noise files ...")
-        dataset = data.MixtureDataset(
-            data.load_audio_bank(train_speech, sr), data.load_audio_bank(train_noise, sr), sr, mix, seed
-        )
-        data_note = _data_note(root, len(train_speech), len(train_noise), mix)
-        if frontend != "none":
-            dataset, data_note = _frontend_pool(
-                out_dir / "pool" if pool is None else pool,
-                dataset,
-                frontend,
-                replace(mix, segment_seconds=pool_seconds, p_two_channel=0.0),
-                [str(p) for p in (*train_speech, *train_noise)],
-                pool_items,
-                pool_workers,
-                seed,
-                segment_seconds,
-                quiet,
-            )
-            if pool_only:
-                return
-        if val_speech and val_noise and val_items > 0:
-            items = data.build_validation_set(val_speech, val_noise, sr, seconds=4.0, out_dir=out_dir / "valid")
-            stride = max(1, len(items) // val_items)
-            validation = [(it.name, it.clean, it.noisy) for it in items[::stride][:val_items]]
-
-    cfg = TrainConfig(
-        out_dir=str(out_dir),
-        batch_size=batch_size,
-        segment_seconds=segment_seconds,
-        lr=lr,
-        max_steps=max_steps,
-        time_limit=time_limit,
-        validate_every=validate_every,
-        checkpoint_every=checkpoint_every,
-        seed=seed,
-        device=device,
-        p_prior=p_prior,
-        p_refine=p_refine,
-        log_weight=log_weight,
-        residual_weight=residual_weight,
-    )
-    hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    if device.startswith("cuda"):
-        hardware = torch.cuda.get_device_name(torch.device(device))
-    trainer = Trainer(cfg, model_config, dataset.batch, validation, {"data": data_note, "hardware": hardware})
-    if resume:
-        try:
-            trainer.load_state()
-        except ValueError as exc:
-            raise UsageError(f"--resume: {exc} than these options give; resume with the run's own options") from None
-    elif init is not None:
-        from safetensors.torch import load_file
-
-        from dnsep_cli.config import WEIGHTS_FILE
-        from dnsep_cli.train import load_init_weights
-
-        try:
-            new_keys = load_init_weights(trainer.model, load_file(str(init_folder / WEIGHTS_FILE)))
-        except ValueError as exc:
-            raise UsageError(f"--init {init}: {exc}") from None
-        if new_keys and not quiet:
-            typer.echo(f"grown from {init}: {len(new_keys)} new tensors start at their initialisation")
-        trainer.ema.shadow = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    (out_dir / "train_config.json").write_text(json.dumps({"train": cfg.__dict__, "mix": mix.__dict__}, indent=2))
-
+    options.pop("quiet")
+    spec = RunSpec(**options)
+    say = (lambda line: None) if quiet else typer.echo
+    with _pool_progress(spec, quiet) as pool_progress:
+        trainer = prepare_run(spec, say, pool_progress)
+    if trainer is None:  # --pool-only
+        return
     if quiet:
         state = trainer.fit()
     elif sys.stdout.isatty():
         with TrainBar(trainer.state.step, max_steps) as bar:
             state = trainer.fit(progress=bar.update)
     else:  # a log file or a pipe: one plain line per log row
-
-        def report(step: int, stats: dict[str, float]) -> None:
-            if stats:
-                typer.echo(f"step {step}/{max_steps}  {_format_stats(stats)}")
-
-        state = trainer.fit(progress=report)
+        state = trainer.fit(progress=lambda step, stats: _echo_stats(step, max_steps, stats))
     if trainer.interrupted:
-        from dnsep_cli.errors import Interrupted
-
         raise Interrupted(f"interrupted at step {state.step}; state saved, --resume continues, model in {out_dir}/last")
-    if not quiet:
-        if state.best_step >= 0:
-            typer.echo(
-                f"stopped at step {state.step} (best at step {state.best_step}); "
-                f"models in {out_dir}/best and {out_dir}/last"
-            )
-        else:
-            typer.echo(f"stopped at step {state.step} (no validation); model in {out_dir}/last")
+    models = f"{out_dir}/best and {out_dir}/last" if state.best_step >= 0 else f"{out_dir}/last"
+    best = f"best at step {state.best_step}" if state.best_step >= 0 else "no validation"
+    say(f"stopped at step {state.step} ({best}); model{'s' * (state.best_step >= 0)} in {models}")
 
 
-def _check_run_folder(out_dir: Path) -> None:
-    """The run folder exists (made if needed) and takes files, before any data is loaded: one line if not."""
-    import os
-    import tempfile
+def _echo_stats(step: int, max_steps: int, stats: dict[str, float]) -> None:
+    if stats:
+        typer.echo(f"step {step}/{max_steps}  {_format_stats(stats)}")
 
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=out_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise UsageError(f"{out_dir}: cannot write the run folder here ({err.strerror or err})") from None
+
+@contextlib.contextmanager
+def _pool_progress(spec: RunSpec, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress callback for the front-end pool's build: a rich bar on a terminal, plain lines otherwise."""
+    if quiet or spec.frontend == "none":
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    tty = sys.stdout.isatty()
+    columns = (TextColumn(f"{spec.frontend} pool"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not tty) as bar:
+        task = bar.add_task("pool", total=spec.pool_items)
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done)
+            if not tty:
+                typer.echo(f"{spec.frontend} pool: {done}/{total} mixtures")
+
+        yield report
 
 
 def _format_stats(stats: dict[str, float]) -> str:
@@ -314,99 +180,6 @@ class TrainBar:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
-
-
-def _with_frontend(config: ModelConfig, frontend: str) -> ModelConfig:
-    """``config`` refining a front-end's estimate (``dnsep_cli.train.with_frontend``), as a usage error."""
-    from dnsep_cli.train import with_frontend
-
-    try:
-        return with_frontend(config, frontend)
-    except ValueError as exc:
-        raise UsageError(f"--frontend: {exc}") from None
-
-
-def _with_backbone_params(config: ModelConfig, pairs: list[str]) -> ModelConfig:
-    """``config`` with its backbone parameters updated from ``KEY=VALUE`` strings (values parsed as JSON)."""
-    from dataclasses import replace
-
-    params = dict(config.backbone.params)
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--backbone expects KEY=VALUE, got {pair!r}")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            raise UsageError(f"--backbone {key}: {raw!r} is not a JSON value (numbers, true/false, [..])") from None
-    grown = replace(config, backbone=replace(config.backbone, params=params))
-    from dnsep_cli.backbones import build_backbone
-
-    try:
-        build_backbone(grown.backbone.name, dict(params))
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"--backbone: {grown.backbone.name} does not accept these parameters ({exc})") from None
-    return grown
-
-
-def _frontend_pool(
-    folder: Path,
-    dataset,
-    frontend: str,
-    mix,
-    sources: list[str],
-    items: int,
-    workers: int,
-    seed: int,
-    segment_seconds: float,
-    quiet: bool,
-):
-    """Build or resume the front-end's mixture pool (``dnsep_cli.frontend_cache``) and open it for training."""
-    from dataclasses import asdict
-
-    from dnsep_cli.data import MixtureDataset
-    from dnsep_cli.frontend import build_frontend
-    from dnsep_cli.frontend_cache import FrontEndPool, build_pool, pool_params
-
-    fe = build_frontend(frontend)
-    assert fe is not None
-    pool_mixer = MixtureDataset(dataset.speech, dataset.noise, dataset.sample_rate, mix, seed)
-    # shards of 100: every worker gets work on a pool of a few hundred (one shard of 500 kept one worker busy)
-    params = pool_params(frontend, fe.info.version, dataset.sample_rate, seed, items, 100, asdict(mix), sources)
-    if quiet:
-        build_pool(folder, pool_mixer, lambda: build_frontend(frontend), params, workers)
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn(f"{frontend} pool"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            disable=not sys.stdout.isatty(),
-        ) as bar:
-            task = bar.add_task("pool", total=items)
-
-            def report(done: int, total: int) -> None:
-                bar.update(task, completed=done)
-                if not sys.stdout.isatty():
-                    typer.echo(f"{frontend} pool: {done}/{total} mixtures")
-
-            build_pool(folder, pool_mixer, lambda: build_frontend(frontend), params, workers, report)
-    note = (
-        f"A fixed pool of {items} dynamic mixtures of {mix.segment_seconds:g} s (seeded, mixing settings: "
-        f"{json.dumps(asdict(mix), default=str)}), each with the {fe.info.description} estimate; "
-        f"training crops of {segment_seconds:g} s."
-    )
-    return FrontEndPool(folder, segment_seconds), note
-
-
-def _data_note(root: Path | None, n_speech: int, n_noise: int, mix: object) -> str:
-    where = f"`{root}`" if root is not None else "user folders"
-    return (
-        f"Dynamic mixing of {n_speech} speech and {n_noise} noise recordings from {where} "
-        f"(mixing settings: {json.dumps(mix.__dict__, default=str)})."
-    )
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from dnsep_cli.ddpm import (
+from dnsep_cli.diffusion.ddpm import (
     GaussianDiffusion,
     LossSecondMomentSampler,
     UniformSampler,

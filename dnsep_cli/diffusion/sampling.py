@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dnsep_cli.sde import SDE, ScoreFn, batch_view, randn_like
+from dnsep_cli.diffusion.sde import SDE, ScoreFn, batch_view, randn_like
 
 Callback = Callable[[int, int], None]
 

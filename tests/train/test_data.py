@@ -15,7 +15,8 @@ import soundfile as sf
 import torch
 from scipy import signal
 
-from dnsep_cli.data import (
+from dnsep_cli.errors import DnsepError
+from dnsep_cli.train.data import (
     BatchStream,
     DataError,
     MixConfig,
@@ -28,7 +29,6 @@ from dnsep_cli.data import (
     random_eq,
     synthetic_rir,
 )
-from dnsep_cli.errors import DnsepError
 
 FS = 16000
 OFF = dict(p_reverb=0.0, p_eq=0.0, p_gain_clip=0.0, p_two_channel=0.0, p_silence=0.0)

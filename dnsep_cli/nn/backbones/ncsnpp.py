@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnsep_cli.backbones import register_backbone
+from dnsep_cli.nn.backbones import register_backbone
 
 _ACTIVATIONS = {
     "swish": nn.SiLU,

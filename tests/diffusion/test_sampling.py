@@ -3,7 +3,7 @@
 Toy problem: every element of ``x0`` is an independent complex Gaussian ``CN(mu, s0^2)`` and ``y`` is fixed.
 Each SDE's kernel is ``x_t = c_x(t) x0 + c_y(t) y + std(t) z``, so the marginal is
 ``p_t = CN(m_t, v_t)`` with ``m_t = c_x mu + c_y y`` and ``v_t = c_x^2 s0^2 + std^2``, and its score (in the
-complex convention of ``dnsep_cli.sde``) is ``-(x - m_t) / v_t``. A correct sampler driven by this score
+complex convention of ``dnsep_cli.diffusion.sde``) is ``-(x - m_t) / v_t``. A correct sampler driven by this score
 must return samples of ``CN(mu, s0^2)``.
 """
 
@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from dnsep_cli.sampling import (
+from dnsep_cli.diffusion.sampling import (
     CORRECTORS,
     PREDICTORS,
     SAMPLERS,
@@ -26,7 +26,7 @@ from dnsep_cli.sampling import (
     ode_sample,
     pc_sample,
 )
-from dnsep_cli.sde import build_sde
+from dnsep_cli.diffusion.sde import build_sde
 
 MU, S0, Y = 0.3 + 0.2j, 0.5, -0.2 + 0.1j
 B, D = 128, 128  # 16384 complex samples: std of the sample mean 0.004, of the sample std 0.6 %

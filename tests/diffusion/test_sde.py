@@ -10,7 +10,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from dnsep_cli.config import SDEConfig
-from dnsep_cli.sde import OUVESDE, SDES, VESDE, VPSDE, ReverseSDE, build_sde
+from dnsep_cli.diffusion.sde import OUVESDE, SDES, VESDE, VPSDE, ReverseSDE, build_sde
 
 ALL = sorted(SDES)
 X0 = 0.3 + 0.1j

@@ -2,12 +2,12 @@
 
 Each step (Richter et al. 2023 for the SDE; Song et al. 2021 for score matching):
 
-1. a batch of (clean, noisy) waveforms, dynamically mixed (``dnsep_cli.data``), peak-normalised by the noisy
+1. a batch of (clean, noisy) waveforms, dynamically mixed (``dnsep_cli.train.data``), peak-normalised by the noisy
    signal as at inference, turned into compressed spectrograms ``x0, y`` ``(B, M, F, T)`` complex;
 2. ``t`` from an importance sampler over a grid of ``t_bins`` points in ``[t_eps, T]`` (IDDPM Sec. 3.3,
-   ``dnsep_cli.ddpm.LossSecondMomentSampler``): the loss is reweighted by ``1 / (N p_t)`` so the objective
+   ``dnsep_cli.diffusion.ddpm.LossSecondMomentSampler``): the loss is reweighted by ``1 / (N p_t)`` so the objective
    stays the uniform-``t`` one while the variance of its estimate drops;
-3. ``x_t = mean(x0, y, t) + std(t) z`` (``dnsep_cli.score_matching.perturb``);
+3. ``x_t = mean(x0, y, t) + std(t) z`` (``dnsep_cli.diffusion.score_matching.perturb``);
 4. the loss for the model's parameterisation: ``data``: a compressed-spectrum loss on ``x0_hat``
    (``0.3 |x0_hat - x0|^2 + 0.7 (|x0_hat| - |x0|)^2``); ``score``: the denoising score-matching loss
    ``|s std + z|^2``; ``v``: ``|v_hat - v|^2``. The DeepFilter post-filter is trained jointly on the
@@ -45,9 +45,10 @@ from dnsep_cli.config import (
     STFTConfig,
     TransformConfig,
 )
-from dnsep_cli.ddpm import LossSecondMomentSampler
-from dnsep_cli.model import ScoreModel, enhance_spectrogram, renormalized, scaled
-from dnsep_cli.score_matching import perturb
+from dnsep_cli.diffusion.ddpm import LossSecondMomentSampler
+from dnsep_cli.diffusion.score_matching import data_from_v, perturb, v_target
+from dnsep_cli.model import ScoreModel
+from dnsep_cli.sampler_stage import enhance_spectrogram, one_shot, renormalized, scaled
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.csv"
@@ -206,7 +207,7 @@ def training_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example losses ``(B,)``: ``(diffusion loss, post-filter loss)`` for the model's parameterisation."""
     p = perturb(model.sde, x0, y, t=t, generator=generator)
-    out = model._raw(p.x_t, y, p.t, *(() if d is None else (d,)))
+    out = model(p.x_t, y, p.t, d)
     output = model.config.output
     if output == "score":
         # score_matching.dsm_loss per example (the importance sampler needs each one): |s std + z|^2
@@ -215,9 +216,9 @@ def training_loss(
         loss = per_example
         x0_hat = model.data_estimate(p.x_t, y, p.t, d) if model.postfilter is not None else None
     elif output == "v":
-        target = model.v_target(x0, y, p.t, p.z)
+        target = v_target(model.sde, x0, y, p.t, p.z)
         loss = (out - target).abs().pow(2).flatten(1).mean(1)
-        x0_hat = model._data_from_v(p.x_t, y, p.t, out)
+        x0_hat = data_from_v(model.sde, p.x_t, y, p.t, out)
     else:
         x0_hat = out
         loss = loss_fn(x0_hat, x0)
@@ -256,7 +257,7 @@ def prior_loss(
     theta 1.5; the prior mismatch of SGMSE+, Lay et al. 2023): a network trained on the marginal alone leans on
     that trace of ``x0`` and does worse from the prior. Training on the prior's own input removes the mismatch.
     """
-    x0_hat = model.one_shot(y, generator, d=d)
+    x0_hat = one_shot(model, y, generator, d=d)
     loss = loss_fn(x0_hat, x0)
     return loss, _postfilter_loss(model, x0_hat, x0, y, loss, postfilter_weight, loss_fn)
 
@@ -282,7 +283,7 @@ def refinement_loss(
     if x0.shape[0] == 0:  # nothing to refine (the iSTFT refuses an empty batch)
         return prior_loss(model, x0, y, generator, postfilter_weight, d, loss_fn)
     with torch.no_grad():
-        x_hat_1 = model.apply_postfilter(model.one_shot(y, generator, estimates, d), y)
+        x_hat_1 = model.apply_postfilter(one_shot(model, y, generator, estimates, d), y)
         y_2, gain = renormalized(model, x_hat_1, y)
         target = scaled(model, x0, gain)
         d_2 = None if d is None else scaled(model, d, gain)
@@ -532,7 +533,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Enhance the validation items with the EMA model and a fast sampler; mean PESQ, ESTOI, SI-SDR."""
-        from dnsep_cli.metrics import estoi, pesq_wb, si_sdr
+        from dnsep_cli.eval.metrics import estoi, pesq_wb, si_sdr
 
         if not self.validation:
             return {}

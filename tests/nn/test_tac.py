@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnsep_cli.tac import TAC
+from dnsep_cli.nn.tac import TAC
 
 
 @pytest.mark.parametrize("trailing", [(), (7,), (6, 5)])

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dnsep_cli.score_matching import (
+from dnsep_cli.diffusion.score_matching import (
     data_from_score,
     data_prediction_loss,
     dsm_loss,
@@ -15,7 +15,7 @@ from dnsep_cli.score_matching import (
     sample_time,
     score_from_data,
 )
-from dnsep_cli.sde import SDES, build_sde
+from dnsep_cli.diffusion.sde import SDES, build_sde
 
 ALL = sorted(SDES)
 

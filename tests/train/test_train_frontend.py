@@ -12,7 +12,8 @@ from test_train import _config, _loss_after_training, _write_folder, run_cli, sy
 
 from dnsep_cli.config import FrontEndConfig
 from dnsep_cli.model import ScoreModel
-from dnsep_cli.train import Trainer, prepare_batch, prior_loss, training_loss
+from dnsep_cli.sampler_stage import one_shot
+from dnsep_cli.train.trainer import Trainer, prepare_batch, prior_loss, training_loss
 
 
 def frontend_config():
@@ -43,7 +44,7 @@ def test_an_untrained_model_returns_the_estimate():
     model = ScoreModel(frontend_config())
     _, y, d = prepare_batch(model, **batches_with_estimate(2, np.random.default_rng(0)))
     with torch.no_grad():
-        assert torch.equal(model.one_shot(y, torch.Generator().manual_seed(1), d=d), d)
+        assert torch.equal(one_shot(model, y, torch.Generator().manual_seed(1), d=d), d)
 
 
 @pytest.mark.parametrize("loss", ["diffusion", "prior"])

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dnsep_cli.sde import SDE, batch_view, randn_like
+from dnsep_cli.diffusion.sde import SDE, batch_view, randn_like
 
 
 @dataclass
@@ -96,3 +96,35 @@ def data_from_score(sde: SDE, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tenso
     # mean = x_t + std^2 score = c_x x0_hat + c_y y
     mean = x_t + batch_view(std, x_t) ** 2 * score
     return (mean - batch_view(c_y, x_t) * y) / batch_view(c_x, x_t)
+
+
+def v_coefficients(
+    sde: SDE, t: torch.Tensor, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``alpha, sigma, r, k`` of the v-parameterisation, each ``(B,)`` shaped to broadcast against ``like``.
+
+    With ``mean = c_x x0 + c_y y`` the mean contracts towards ``y_a = k y``, ``k = c_y / (1 - c_x)`` (1 for the
+    OUVE and VP SDEs; 0 for VE, whose ``c_x = 1`` has no pull towards ``y``), so ``x_t - y_a = c_x (x0 - y_a) +
+    std z``. Scaled by ``r = sqrt(c_x^2 + std^2)``: ``u = (x_t - y_a) / r = alpha (x0 - y_a) + sigma z`` with
+    ``alpha = c_x / r``, ``sigma = std / r`` and ``alpha^2 + sigma^2 = 1`` (Salimans & Ho 2022, Sec. 4), so
+    ``v = alpha z - sigma (x0 - y_a)`` has unit scale and ``x0 - y_a = alpha u - sigma v``.
+    """
+    c_x, c_y = sde.mean_coefficients(t)
+    std = sde.std(t)
+    r = torch.sqrt(c_x**2 + std**2)
+    one_minus = 1 - c_x
+    k = torch.where(one_minus > 1e-5, c_y / one_minus.clamp_min(1e-6), torch.zeros_like(c_y))
+    return batch_view(c_x / r, like), batch_view(std / r, like), batch_view(r, like), batch_view(k, like)
+
+
+def v_target(sde: SDE, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The v-prediction target ``v = alpha z - sigma (x0 - y_a)`` for ``x_t = mean(x0, y, t) + std(t) z``."""
+    alpha, sigma, _, k = v_coefficients(sde, t, x0)
+    return alpha * z - sigma * (x0 - k * y)
+
+
+def data_from_v(sde: SDE, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The clean-data estimate implied by ``v``: ``x0 = y_a + alpha u - sigma v``, ``u = (x_t - y_a) / r``."""
+    alpha, sigma, r, k = v_coefficients(sde, t, x_t)
+    y_a = k * y
+    return y_a + alpha * (x_t - y_a) / r - sigma * v

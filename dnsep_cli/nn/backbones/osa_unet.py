@@ -4,9 +4,9 @@ Designed for the compute that users have (a laptop CPU) rather than for a GPU cl
 
 - a patch-embedding stem groups ``patch`` frequency bins into one position (as DeepFilterNet groups bins
   into ERB bands), so the U-Net works at ``F / patch`` frequency resolution;
-- each level is an OSA-RES-eSE block (VoVNetV2, ``dnsep_cli.osa``), with time dilation growing with depth
+- each level is an OSA-RES-eSE block (VoVNetV2, ``dnsep_cli.nn.osa``), with time dilation growing with depth
   for a long temporal context at little cost;
-- at the bottleneck, Transform-Average-Concatenate (``dnsep_cli.tac``) exchanges information between the
+- at the bottleneck, Transform-Average-Concatenate (``dnsep_cli.nn.tac``) exchanges information between the
   audio channels of a multichannel recording (a no-op pattern for mono: the average is the channel itself);
 - optionally (``temporal_hidden > 0``) a bidirectional GRU along time in every bottleneck band, shared by the
   bands (as the band-wise RNNs of BSRNN, Luo & Yu 2023): context over the whole chunk for telling stationary
@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dnsep_cli.backbones import register_backbone
-from dnsep_cli.osa import OSAResESE
-from dnsep_cli.tac import TAC
+from dnsep_cli.nn.backbones import register_backbone
+from dnsep_cli.nn.osa import OSAResESE
+from dnsep_cli.nn.tac import TAC
 
 
 class FourierTimeEmbedding(nn.Module):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soxr
 
-from dnsep_cli import metrics as M
 from dnsep_cli.errors import MissingExtraError, UsageError
+from dnsep_cli.eval import metrics as M
 
 pesq_lib = pytest.importorskip("pesq")
 pystoi = pytest.importorskip("pystoi")

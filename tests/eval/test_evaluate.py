@@ -15,8 +15,8 @@ import soundfile as sf
 
 from dnsep_cli.cli import main
 from dnsep_cli.errors import UsageError
-from dnsep_cli.evaluate import evaluate, match_files, summarize
-from dnsep_cli.metrics import si_sdr
+from dnsep_cli.eval.evaluate import evaluate, match_files, summarize
+from dnsep_cli.eval.metrics import si_sdr
 
 SR = 16000
 
@@ -237,7 +237,7 @@ def test_cli_without_reference_scores_dnsmos_only(folders, tmp_path, capsys):
 
 def test_an_unwritable_output_is_refused_before_scoring(folders, capsys, monkeypatch):
     """Issue 19: ``-o /readonly/x.csv`` failed with an OSError after every score was computed (and lost)."""
-    import dnsep_cli.evaluate as evaluate_module
+    import dnsep_cli.eval.evaluate as evaluate_module
 
     clean, _, enhanced = folders
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnsep_cli.osa import ESE, ConvNormAct, OSAResESE, num_groups, same_padding
+from dnsep_cli.nn.osa import ESE, ConvNormAct, OSAResESE, num_groups, same_padding
 
 CONFIGS = [
     dict(channels=8, mid_channels=4, num_convs=3),

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dnsep_cli.deepfilter import (
+from dnsep_cli.nn.deepfilter import (
     DfOp,
     MultiFrameMVDR,
     MultiFrameWiener,

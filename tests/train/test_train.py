@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -16,8 +18,9 @@ import torch
 from conftest import ScalingBackbone, tiny_model_config, voiced_signal
 
 from dnsep_cli.cli import main
+from dnsep_cli.errors import UsageError
 from dnsep_cli.model import ScoreModel
-from dnsep_cli.train import (
+from dnsep_cli.train.trainer import (
     TrainConfig,
     Trainer,
     enhance_waveform,
@@ -106,8 +109,7 @@ def test_refinement_loss_scores_the_second_pass_on_the_first_passs_output():
     length = 31 * model.config.stft.hop_length  # a whole number of hops: the STFT round trip is exact
     x0, y, _ = prepare_batch(model, batch["clean"][..., :length], batch["noisy"][..., :length])
     conditioners: list[torch.Tensor] = []
-    raw = model._raw
-    model._raw = lambda x, y_c, t: conditioners.append(y_c) or raw(x, y_c, t)
+    model.register_forward_hook(lambda module, args, output: conditioners.append(args[1]))
     loss, pf = refinement_loss(model, x0, y, torch.Generator().manual_seed(0), estimates=2)
     assert [c.shape[0] for c in conditioners] == [6, 3]  # 2 prior draws of the first pass, then the second
     assert torch.allclose(conditioners[1], y, atol=1e-4)
@@ -435,7 +437,7 @@ def test_validation_path_builds_no_autograd_graph():
 
 
 def test_log_magnitude_loss_known_values() -> None:
-    from dnsep_cli.train import LOG_FLOOR, SpectrumLoss, log_magnitude_loss
+    from dnsep_cli.train.trainer import LOG_FLOOR, SpectrumLoss, log_magnitude_loss
 
     target = torch.zeros(2, 1, 4, 5, dtype=torch.complex64)
     target[0] = 1.0  # a loud example, and a silent one
@@ -452,7 +454,7 @@ def test_log_magnitude_loss_known_values() -> None:
 
 
 def test_log_residual_loss_prices_only_what_is_left_above_the_target() -> None:
-    from dnsep_cli.train import LOG_FLOOR, SpectrumLoss, log_magnitude_loss, log_residual_loss
+    from dnsep_cli.train.trainer import LOG_FLOOR, SpectrumLoss, log_magnitude_loss, log_residual_loss
 
     target = torch.full((2, 1, 3, 4), 0.5, dtype=torch.complex64)
     target[1, :, :, :2] = 0  # the second example has a pause
@@ -530,3 +532,28 @@ def test_a_huge_segment_is_a_usage_error(tmp_path, capsys):
     assert run_cli(["train", str(tmp_path / "run"), "--pairs", str(tmp_path), "--segment-seconds", "1000"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--segment-seconds" in err
+
+
+def test_a_run_is_set_up_and_trained_from_python_as_the_command_does(tmp_path):
+    """``prepare_run(RunSpec(...))`` is `dnsep train` without the shell: same config, same notes, same model."""
+    from dnsep_cli.commands.train import train as train_command
+    from dnsep_cli.train.run import RunSpec, prepare_run
+
+    _write_folder(tmp_path / "speech", 2, "speech")
+    _write_folder(tmp_path / "noise", 1, "noise")
+    base = ScoreModel(tiny_model_config())
+    base.save_pretrained(tmp_path / "base")
+    data = {"speech": tmp_path / "speech", "noise": tmp_path / "noise", "segment_seconds": 0.5, "batch_size": 2}
+    spec = RunSpec(tmp_path / "run", **data, init=str(tmp_path / "base"), backbone=["temporal_hidden=4"], lr=0.0)
+    notes: list[str] = []
+    trainer = prepare_run(replace(spec, max_steps=1), notes.append)
+    assert trainer is not None and trainer.model.config.name == "run"
+    assert any(n.startswith("grown from") for n in notes) and any(n.startswith("loading 2 speech") for n in notes)
+    assert trainer.fit().step == 1
+    tuned = ScoreModel.from_pretrained(tmp_path / "run" / "last").state_dict()
+    assert all(torch.equal(tuned[k], v) for k, v in base.state_dict().items())  # lr 0 keeps every carried tensor
+    # the command's options are RunSpec's fields, one for one (--quiet aside)
+    options = set(inspect.signature(train_command).parameters) - {"quiet"}
+    assert options == {f.name for f in fields(RunSpec)}
+    with pytest.raises(UsageError, match="already holds a run"):
+        prepare_run(spec)

@@ -2,7 +2,7 @@
 
 An enhancer must not clip, must not silence speech, and must leave speech-absent stretches at most as loud as
 they came in (a generative model can hallucinate speech-like sounds there). All measures are mean powers over
-non-overlapping frames of ``FRAME_SECONDS`` (``dnsep_cli.data``'s framing), averaged over channels:
+non-overlapping frames of ``FRAME_SECONDS`` (``dnsep_cli.train.data``'s framing), averaged over channels:
 
     P(frame) = (1 / (C N)) sum_c sum_n x_c[n]^2            (N samples in the frame; the last may be short)
     P(S)     = sum_{f in S} E(f) / sum_{f in S} N(f)        (mean power over the samples of the frames S)
@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from dnsep_cli.data import ACTIVE_THRESHOLD_DB, FRAME_SECONDS, active_frames
+from dnsep_cli.train.data import ACTIVE_THRESHOLD_DB, FRAME_SECONDS, active_frames
 
 CONTEXT_FRAMES = 1  # +-20 ms: covers the spread of a 32 ms analysis window
 

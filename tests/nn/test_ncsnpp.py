@@ -12,8 +12,8 @@ import pytest
 import torch
 from scipy.signal import convolve2d
 
-from dnsep_cli.backbones import BACKBONES, build_backbone
-from dnsep_cli.backbones.ncsnpp import (
+from dnsep_cli.nn.backbones import BACKBONES, build_backbone
+from dnsep_cli.nn.backbones.ncsnpp import (
     AttnBlock,
     NCSNpp,
     NCSNpp48k,

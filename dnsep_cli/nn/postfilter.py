@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from dnsep_cli.deepfilter import DfOp, identity_coefs
-from dnsep_cli.osa import OSAResESE
+from dnsep_cli.nn.deepfilter import DfOp, identity_coefs
+from dnsep_cli.nn.osa import OSAResESE
 from dnsep_cli.transforms import SpecTransform
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from dnsep_cli.errors import DnsepError, MissingExtraError, UsageError
+from dnsep_cli.eval.metrics import COLUMNS, compute_metrics
 from dnsep_cli.formats import AUDIO_EXTENSIONS  # files with other extensions in the folders are ignored
-from dnsep_cli.metrics import COLUMNS, compute_metrics
 
 
 def list_audio(path: Path) -> dict[str, Path]:
