@@ -28,6 +28,7 @@ import numpy as np
 
 from dnsep_cli.audio import StreamResampler
 from dnsep_cli.errors import DnsepError
+from dnsep_cli.registry import Registry
 
 
 class FrontEndUnavailable(DnsepError):
@@ -237,13 +238,16 @@ def deepfilternet3(atten_lim_db: float = 100.0) -> FrontEnd:
     return FrontEnd(info, lambda: _DFN3State(lib, model_path, atten_lim_db))
 
 
-FRONTENDS: dict[str, Callable[..., FrontEnd]] = {"dfn3": deepfilternet3}
+FRONTENDS: Registry[Callable[..., FrontEnd]] = Registry("front-end", also=("none",))
+FRONTENDS.register("dfn3", deepfilternet3)
 
 
 def build_frontend(name: str | None, params: dict | None = None) -> FrontEnd | None:
     """The front-end a model config names (``None`` or ``"none"``: no front-end)."""
     if name in (None, "none"):
         return None
-    if name not in FRONTENDS:
-        raise DnsepError(f"unknown front-end {name!r}; known: none, {', '.join(sorted(FRONTENDS))}")
-    return FRONTENDS[name](**(params or {}))
+    try:
+        factory = FRONTENDS[name]
+    except ValueError as err:
+        raise DnsepError(str(err)) from None
+    return factory(**(params or {}))

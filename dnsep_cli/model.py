@@ -39,10 +39,7 @@ def build_postfilter(config: ModelConfig) -> nn.Module | None:
         return None
     from dnsep_cli.nn.postfilter import POSTFILTERS
 
-    name = config.postfilter.name
-    if name not in POSTFILTERS:
-        raise ValueError(f"unknown post-filter {name!r}; known: {', '.join(sorted(POSTFILTERS))}")
-    return POSTFILTERS[name](**config.postfilter.params)
+    return POSTFILTERS[config.postfilter.name](**config.postfilter.params)
 
 
 class ScoreModel(nn.Module):

@@ -63,9 +63,9 @@ def check_sampler(sampler: SamplerConfig, sde: SDE) -> None:
         need(int(value) == value and value >= least, f"{option} must be an integer >= {least}{note}, got {value}")
         need(value <= most, f"{option} must be at most {most}, got {value}")
 
-    need(sampler.sampler in SAMPLERS, f"unknown sampler {sampler.sampler!r}: use {', '.join(SAMPLERS)}")
-    need(sampler.predictor in PREDICTORS, f"unknown predictor {sampler.predictor!r}: use {', '.join(PREDICTORS)}")
-    need(sampler.corrector in CORRECTORS, f"unknown corrector {sampler.corrector!r}: use {', '.join(CORRECTORS)}")
+    SAMPLERS.check(sampler.sampler)
+    PREDICTORS.check(sampler.predictor)
+    CORRECTORS.check(sampler.corrector)
     need_whole("--steps", sampler.steps, 0, MAX_STEPS, " (0: the one-shot estimate alone)")
     need_whole("--estimates", sampler.estimates, 1, 64)
     need_whole("--passes", sampler.passes, 1, 16)
@@ -173,8 +173,7 @@ def _reverse_process(
     """One pass of ``enhance_spectrogram``: the one-shot estimate or the reverse process, then the post-filter."""
     from dnsep_cli.diffusion.sampling import SAMPLERS
 
-    if sampler.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler.sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
+    SAMPLERS.check(sampler.sampler)
     if model.takes_estimate != (d is not None):
         raise ValueError("a model with a front-end needs its estimate d, and a model without one takes none")
     if sampler.steps == 0:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from dnsep_cli.diffusion.sde import SDE, ScoreFn, batch_view, randn_like
+from dnsep_cli.registry import Registry
 
 Callback = Callable[[int, int], None]
 
@@ -164,16 +165,14 @@ class NoneCorrector(Corrector):
         return x, x
 
 
-PREDICTORS: dict[str, type[Predictor]] = {
-    "reverse_diffusion": ReverseDiffusionPredictor,
-    "euler_maruyama": EulerMaruyamaPredictor,
-    "none": NonePredictor,
-}
-CORRECTORS: dict[str, type[Corrector]] = {
-    "langevin": LangevinCorrector,
-    "ald": AnnealedLangevinCorrector,
-    "none": NoneCorrector,
-}
+PREDICTORS: Registry[type[Predictor]] = Registry("predictor")
+PREDICTORS.register("reverse_diffusion", ReverseDiffusionPredictor)
+PREDICTORS.register("euler_maruyama", EulerMaruyamaPredictor)
+PREDICTORS.register("none", NonePredictor)
+CORRECTORS: Registry[type[Corrector]] = Registry("corrector")
+CORRECTORS.register("langevin", LangevinCorrector)
+CORRECTORS.register("ald", AnnealedLangevinCorrector)
+CORRECTORS.register("none", NoneCorrector)
 ODE_METHODS = ("euler", "heun")
 
 
@@ -189,9 +188,9 @@ class _CountingScore:
         return self.score_fn(x, y, t)
 
 
-def _choice(kind: str, name: str, known: dict | tuple) -> None:
+def _choice(kind: str, name: str, known: tuple[str, ...]) -> None:
     if name not in known:
-        raise ValueError(f"unknown {kind} {name!r}; choose one of: {', '.join(known)}")
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(known)}")
 
 
 def _check_common(sde: SDE, y: torch.Tensor, steps: int, t_eps: float, t_start: float | None, x_start) -> float:
@@ -237,12 +236,12 @@ def count_nfe(
 ) -> int:
     """Score evaluations the sampler will report: PC ``steps (corrector_steps + 1)`` with ``none`` counting 0;
     ODE ``steps`` (Euler) or ``2 steps`` (Heun), plus one for the final denoising step."""
-    _choice("sampler", sampler, SAMPLERS)
+    SAMPLERS.check(sampler)
     if sampler == "ode":
         _choice("ODE method", method, ODE_METHODS)
         return steps * (2 if method == "heun" else 1) + int(denoise)
-    _choice("predictor", predictor, PREDICTORS)
-    _choice("corrector", corrector, CORRECTORS)
+    PREDICTORS.check(predictor)
+    CORRECTORS.check(corrector)
     per_step = PREDICTORS[predictor].score_evaluations + CORRECTORS[corrector].score_evaluations * corrector_steps
     return steps * per_step
 
@@ -271,8 +270,8 @@ def pc_sample(
     after each step.
     """
     start = _check_common(sde, y, steps, t_eps, t_start, x_start)
-    _choice("predictor", predictor, PREDICTORS)
-    _choice("corrector", corrector, CORRECTORS)
+    PREDICTORS.check(predictor)
+    CORRECTORS.check(corrector)
     if not snr > 0:
         raise ValueError(f"snr must be > 0, got {snr}")
     if isinstance(corrector_steps, bool) or int(corrector_steps) != corrector_steps or corrector_steps < 0:
@@ -345,4 +344,6 @@ def ode_sample(
     return SampleResult(x=x, nfe=counted.calls)
 
 
-SAMPLERS: dict[str, Callable[..., SampleResult]] = {"pc": pc_sample, "ode": ode_sample}
+SAMPLERS: Registry[Callable[..., SampleResult]] = Registry("sampler")
+SAMPLERS.register("pc", pc_sample)
+SAMPLERS.register("ode", ode_sample)

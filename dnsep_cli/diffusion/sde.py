@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from dnsep_cli.registry import Registry
+
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -171,21 +173,20 @@ class ReverseSDE:
         return rev_f, rev_G
 
 
-SDES: dict[str, type[SDE]] = {}
+SDES: Registry[type[SDE]] = Registry("SDE")
 
 
 def register_sde(cls: type[SDE]) -> type[SDE]:
     """Class decorator: add an SDE to ``SDES`` under its ``name``."""
-    SDES[cls.name] = cls
+    SDES.register(cls.name, cls)
     return cls
 
 
 def build_sde(name: str, **params: Any) -> SDE:
     """The SDE registered as ``name``, built with ``params``; ValueError for unknown names or parameters."""
-    if name not in SDES:
-        raise ValueError(f"unknown SDE {name!r}; known: {', '.join(sorted(SDES))}")
+    cls = SDES[name]
     try:
-        return SDES[name](**params)
+        return cls(**params)
     except TypeError as err:
         raise ValueError(f"bad parameters for SDE {name!r}: {err}") from err
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from dnsep_cli.nn.deepfilter import DfOp, identity_coefs
 from dnsep_cli.nn.osa import OSAResESE
+from dnsep_cli.registry import Registry
 from dnsep_cli.transforms import SpecTransform
 
 
@@ -61,4 +62,5 @@ class DeepFilterPostFilter(nn.Module):
         return transform.forward(torch.cat([filtered[:, :, : self.num_freqs], high], dim=2))
 
 
-POSTFILTERS: dict[str, type[nn.Module]] = {"deepfilter": DeepFilterPostFilter}
+POSTFILTERS: Registry[type[nn.Module]] = Registry("post-filter")
+POSTFILTERS.register("deepfilter", DeepFilterPostFilter)

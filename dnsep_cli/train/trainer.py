@@ -327,8 +327,7 @@ def with_frontend(config: ModelConfig, frontend: str) -> ModelConfig:
     from dnsep_cli.config import FrontEndConfig
     from dnsep_cli.frontend import FRONTENDS
 
-    if frontend not in FRONTENDS:
-        raise ValueError(f"unknown front-end {frontend!r}: use none, {', '.join(sorted(FRONTENDS))}")
+    FRONTENDS.check(frontend)
     if config.backbone.name != "osa_unet":
         raise ValueError(f"the {config.backbone.name} backbone cannot take a front-end's estimate")
     params = {**config.backbone.params, "estimate": True}

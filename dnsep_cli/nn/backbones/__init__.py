@@ -13,27 +13,20 @@ from typing import Any
 
 import torch.nn as nn
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+from dnsep_cli.registry import Registry
+
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 
 
 def register_backbone(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        BACKBONES[name] = cls
-        return cls
-
-    return wrap
+    return BACKBONES.register(name)  # type: ignore[return-value]
 
 
 def build_backbone(name: str, params: dict[str, Any]) -> nn.Module:
-    _import_all()
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    """The backbone registered as ``name``, built with ``params`` (``TypeError`` for parameters it lacks)."""
     return BACKBONES[name](**params)
 
 
-def _import_all() -> None:
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+# the backbones register themselves as they are imported: the shipped one first
+from dnsep_cli.nn.backbones import osa_unet  # noqa: E402, F401, I001
+from dnsep_cli.nn.backbones import ncsnpp  # noqa: E402, F401
