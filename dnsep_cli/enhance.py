@@ -65,7 +65,7 @@ from dnsep_cli.audio import (
 )
 from dnsep_cli.chunking import Chunk, ChunkLayout, ChunkSplitter, OverlapAdd
 from dnsep_cli.config import SamplerConfig
-from dnsep_cli.errors import DnsepError, UsageError
+from dnsep_cli.errors import DnsepError, UsageError, first_line
 from dnsep_cli.hub import ModelSource
 
 if TYPE_CHECKING:
@@ -610,9 +610,7 @@ class Enhancer:
         seed: int | None,
         progress: ProgressFn | None,
     ) -> _RunStats:
-        import torch
-
-        rate, channels, frames = source.sample_rate, source.channels, source.frames
+        rate = source.sample_rate
         block_frames = max(1, int(BLOCK_SECONDS * rate))
         seed = DEFAULT_SEED if seed is None else check_seed(int(seed))
         stats = _RunStats(seed=seed)
@@ -623,76 +621,12 @@ class Enhancer:
                 sink.write(np.zeros_like(block))
             return stats
         scale = peak if self.model.config.normalize == "peak" else 1.0
-        model_rate = self.sample_rate
-        if rate != model_rate:
-            stats.notes.append(f"resampled {rate} Hz -> {model_rate} Hz for the model and back")
-        lim = None if settings.atten_lim_db is None else 10 ** (-abs(settings.atten_lim_db) / 20)
-
-        layout = self._layout(settings)
-        expected = round(frames * model_rate / rate)
-        chunks_total = max(1, layout.num_chunks(expected))
-        generator = torch.Generator(device=self.device).manual_seed(stats.seed)
-        down = StreamResampler(rate, model_rate, channels)
-        up = StreamResampler(model_rate, rate, channels)
-        # with a front-end, a chunk holds 2 C channels: the input's, then the front-end estimate's
-        estimate = None if self.frontend is None else _EstimateStream(self.frontend, rate, model_rate, channels)
-        splitter = ChunkSplitter(layout, channels if estimate is None else 2 * channels)
-        ola = OverlapAdd(layout, channels)
-        noisy = _Fifo(channels)  # input blocks not yet matched by output (attenuation limit)
-        written = 0
-        pending: list[Chunk] = []
-
-        def emit(out: np.ndarray) -> None:
-            """Input-rate ``(n, C)`` normalised output: restore the level, mix in the input, write."""
-            nonlocal written
-            if estimate is not None:  # the crossover: out = e + up(x - down(e))
-                out = estimate.full_band.take(len(out)) + out
-            out = out[: frames - written] * np.float32(scale)
-            if lim is not None:
-                out = lim * noisy.take(len(out)) + (1 - lim) * out
-            if len(out):
-                sink.write(out.astype(np.float32, copy=False))
-                written += len(out)
-
-        def run_batch(batch: list[Chunk]) -> None:
-            def on_step(step: int, steps: int) -> None:
-                if progress is not None:
-                    progress(Progress(stats.chunks, chunks_total, step, steps))
-
-            outputs, nfe = self._enhance_chunks(batch, settings, generator, on_step)
-            stats.nfe += nfe
-            for chunk, out in zip(batch, outputs, strict=True):
-                if estimate is not None:
-                    out = out - chunk.data[channels:]  # x - down(e): the model's correction of the estimate
-                done = ola.add(chunk, out)
-                emit(up.push(done.T))
-                stats.chunks += 1
-            if progress is not None:
-                progress(Progress(stats.chunks, chunks_total, 0, settings.sampler.steps))
-
-        def drain(final: bool) -> None:
-            nonlocal pending
-            while len(pending) >= settings.batch_size or (final and pending):
-                batch, pending = pending[: settings.batch_size], pending[settings.batch_size :]
-                run_batch(batch)
-
+        if rate != self.sample_rate:
+            stats.notes.append(f"resampled {rate} Hz -> {self.sample_rate} Hz for the model and back")
+        run = _ChunkRun(self, source, sink, settings, stats, scale, progress)
         for block in source.blocks(block_frames):
-            if lim is not None:
-                noisy.push(block)
-            y = down.push(block / np.float32(scale))
-            pending += splitter.push((y if estimate is None else estimate.pair(y, block, scale)).T)
-            drain(final=False)
-        y = down.finish()
-        pending += splitter.push((y if estimate is None else estimate.pair(y, None, scale)).T)
-        pending += splitter.finish()
-        if stats.chunks == 0 and not pending:
-            stats.notes.append("too short to reach the model rate: output is silence")
-        elif pending and pending[0].index == 0 and pending[-1].length < self.model.config.stft.n_fft:
-            stats.notes.append("shorter than one STFT frame: zero-padded for the model")
-        drain(final=True)
-        emit(up.finish())
-        if written < frames:  # resampling rounds the length; the last few samples are zeros
-            emit(np.zeros((frames - written, channels), np.float32))
+            run.push(block)
+        run.finish()
         return stats
 
     def _enhance_chunks(
@@ -743,8 +677,9 @@ class Enhancer:
             except RuntimeError as err:
                 if not low_precision:
                     raise
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise DnsepError(f"--precision {self.precision} failed in this model ({first}); use fp32") from None
+                raise DnsepError(
+                    f"--precision {self.precision} failed in this model ({first_line(err)}); use fp32"
+                ) from None
             if low_precision:
                 x_hat = x_hat.to(torch.complex64)
             x_hat = x_hat.reshape(b, c, *x_hat.shape[2:])
@@ -794,3 +729,101 @@ def _same_file(a: Path, b: Path) -> bool:
         return b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+class _ChunkRun:
+    """One file's pass through the model, block by block: resample down (with the front-end's estimate beside
+    it), split into overlapping chunks, enhance them in batches, overlap-add, resample up, restore the level,
+    mix in the attenuation limit, write. ``push`` each input block, then ``finish``.
+    """
+
+    def __init__(
+        self,
+        enhancer: Enhancer,
+        source: _ArraySource | _FileSource,
+        sink: _ArraySink | _SpoolSink,
+        settings: EnhanceSettings,
+        stats: _RunStats,
+        scale: float,
+        progress: ProgressFn | None,
+    ) -> None:
+        import torch
+
+        rate, model_rate, channels = source.sample_rate, enhancer.sample_rate, source.channels
+        self.enhancer, self.sink, self.settings, self.stats, self.progress = enhancer, sink, settings, stats, progress
+        self.channels, self.frames, self.scale = channels, source.frames, scale
+        self.lim = None if settings.atten_lim_db is None else 10 ** (-abs(settings.atten_lim_db) / 20)
+        layout = enhancer._layout(settings)
+        self.chunks_total = max(1, layout.num_chunks(round(source.frames * model_rate / rate)))
+        self.generator = torch.Generator(device=enhancer.device).manual_seed(stats.seed)
+        self.down = StreamResampler(rate, model_rate, channels)
+        self.up = StreamResampler(model_rate, rate, channels)
+        # with a front-end, a chunk holds 2 C channels: the input's, then the front-end estimate's
+        fe = enhancer.frontend
+        self.estimate = None if fe is None else _EstimateStream(fe, rate, model_rate, channels)
+        self.splitter = ChunkSplitter(layout, channels if self.estimate is None else 2 * channels)
+        self.ola = OverlapAdd(layout, channels)
+        self.noisy = _Fifo(channels)  # input blocks not yet matched by output (attenuation limit)
+        self.written = 0
+        self.pending: list[Chunk] = []
+
+    def push(self, block: np.ndarray) -> None:
+        """An input-rate block ``(n, C)``: into the chunk queue, and through the model once a batch is full."""
+        if self.lim is not None:
+            self.noisy.push(block)
+        y = self.down.push(block / np.float32(self.scale))
+        self._split(y, block)
+        self._drain(final=False)
+
+    def finish(self) -> None:
+        """The input has ended: flush the resamplers and the last chunks, and pad the output to the input length."""
+        self._split(self.down.finish(), None)
+        self.pending += self.splitter.finish()
+        pending, stats = self.pending, self.stats
+        if stats.chunks == 0 and not pending:
+            stats.notes.append("too short to reach the model rate: output is silence")
+        elif pending and pending[0].index == 0 and pending[-1].length < self.enhancer.model.config.stft.n_fft:
+            stats.notes.append("shorter than one STFT frame: zero-padded for the model")
+        self._drain(final=True)
+        self._emit(self.up.finish())
+        if self.written < self.frames:  # resampling rounds the length; the last few samples are zeros
+            self._emit(np.zeros((self.frames - self.written, self.channels), np.float32))
+
+    def _split(self, y: np.ndarray, block: np.ndarray | None) -> None:
+        pair = y if self.estimate is None else self.estimate.pair(y, block, self.scale)
+        self.pending += self.splitter.push(pair.T)
+
+    def _drain(self, final: bool) -> None:
+        size = self.settings.batch_size
+        while len(self.pending) >= size or (final and self.pending):
+            batch, self.pending = self.pending[:size], self.pending[size:]
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[Chunk]) -> None:
+        stats, progress, steps = self.stats, self.progress, self.settings.sampler.steps
+
+        def on_step(step: int, steps: int) -> None:
+            if progress is not None:
+                progress(Progress(stats.chunks, self.chunks_total, step, steps))
+
+        outputs, nfe = self.enhancer._enhance_chunks(batch, self.settings, self.generator, on_step)
+        stats.nfe += nfe
+        for chunk, out in zip(batch, outputs, strict=True):
+            if self.estimate is not None:
+                out = out - chunk.data[self.channels :]  # x - down(e): the model's correction of the estimate
+            done = self.ola.add(chunk, out)
+            self._emit(self.up.push(done.T))
+            stats.chunks += 1
+        if progress is not None:
+            progress(Progress(stats.chunks, self.chunks_total, 0, steps))
+
+    def _emit(self, out: np.ndarray) -> None:
+        """Input-rate ``(n, C)`` normalised output: restore the level, mix in the input, write."""
+        if self.estimate is not None:  # the crossover: out = e + up(x - down(e))
+            out = self.estimate.full_band.take(len(out)) + out
+        out = out[: self.frames - self.written] * np.float32(self.scale)
+        if self.lim is not None:
+            out = self.lim * self.noisy.take(len(out)) + (1 - self.lim) * out
+        if len(out):
+            self.sink.write(out.astype(np.float32, copy=False))
+            self.written += len(out)

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of ``err``'s message (at most ``limit`` characters), or its type's name when it has none:
+    what a one-line error quotes of a library's multi-line exception."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 class DnsepError(Exception):
     """A failure the user can act on (bad file, bad model, bad option). Printed as one line, exit 1."""
 

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from dnsep_cli.audio import StreamResampler
-from dnsep_cli.errors import DnsepError
+from dnsep_cli.errors import DnsepError, first_line
 from dnsep_cli.registry import Registry
 
 
@@ -203,7 +203,7 @@ def _load_dfn3_library() -> tuple[ctypes.CDLL, bytes, str]:
         assets = runtime_assets()
         lib = ctypes.CDLL(str(assets.library_path))
     except (RuntimeAssetsNotFoundError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise FrontEndUnavailable(f"the DeepFilterNet3 runtime cannot load on this platform ({reason}){hint}") from None
     float_p = ctypes.POINTER(ctypes.c_float)
     lib.df_create.argtypes = [ctypes.c_char_p, ctypes.c_float, ctypes.c_char_p]

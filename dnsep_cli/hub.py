@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dnsep_cli.config import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, ModelConfig
-from dnsep_cli.errors import DnsepError, UsageError
+from dnsep_cli.errors import DnsepError, UsageError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -126,8 +126,7 @@ def download_from_hub(
     except RepositoryNotFoundError:
         raise DnsepError(f"model {label} not found on the Hub (or it is private)") from None
     except (HfHubHTTPError, OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DnsepError(f"model {label}: download failed ({first_line})") from None
+        raise DnsepError(f"model {label}: download failed ({first_line(err)})") from None
     folder = Path(path)
     _check_folder(folder)
     return folder
@@ -188,12 +187,7 @@ def _load_checkpoint(source: ModelSource):
     except DnsepError:
         raise
     except (ValueError, KeyError, RuntimeError, OSError) as err:
-        raise DnsepError(f"{source.checkpoint}: cannot read SGMSE+ checkpoint ({_first_line(err)})") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
+        raise DnsepError(f"{source.checkpoint}: cannot read SGMSE+ checkpoint ({first_line(err)})") from None
 
 
 def load_model(source: ModelSource, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> ScoreModel:
@@ -216,14 +210,14 @@ def load_model(source: ModelSource, device: str | torch.device = "cpu", dtype: t
         try:
             state = load_file(str(weights))
         except (SafetensorError, OSError) as err:
-            raise DnsepError(f"{weights}: unreadable weights ({_first_line(err)})") from None
+            raise DnsepError(f"{weights}: unreadable weights ({first_line(err)})") from None
     else:
         config, state = _load_checkpoint(source)
         model = ScoreModel(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise DnsepError(f"{source.location}: weights do not match the config ({_first_line(err)})") from None
+        raise DnsepError(f"{source.location}: weights do not match the config ({first_line(err)})") from None
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -237,7 +231,7 @@ def _expected_shapes(config: ModelConfig, where: Path) -> dict[str, tuple[int, .
         with torch.device("meta"):
             model = ScoreModel(config)
     except (ValueError, TypeError, RuntimeError) as err:
-        raise DnsepError(f"{where}: cannot build the model ({_first_line(err)})") from None
+        raise DnsepError(f"{where}: cannot build the model ({first_line(err)})") from None
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -249,7 +243,7 @@ def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except (SafetensorError, OSError, ValueError) as err:
-        raise DnsepError(f"{path}: unreadable weights ({_first_line(err)})") from None
+        raise DnsepError(f"{path}: unreadable weights ({first_line(err)})") from None
 
 
 def _check_shapes(where: Path, expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]]) -> None:

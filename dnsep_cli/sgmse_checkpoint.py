@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from dnsep_cli.config import BackboneConfig, ModelConfig, SamplerConfig, SDEConfig, STFTConfig, TransformConfig
-from dnsep_cli.errors import DnsepError
+from dnsep_cli.errors import DnsepError, first_line
 
 SUPPORTED_BACKBONES = ("ncsnpp", "ncsnpp_48k")
 
@@ -162,8 +162,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except DnsepError:
         raise
     except Exception as err:  # a corrupt or foreign file: say so in one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DnsepError(f"{path}: not a readable PyTorch checkpoint ({first})") from err
+        raise DnsepError(f"{path}: not a readable PyTorch checkpoint ({first_line(err)})") from err
     if not isinstance(data, dict):
         raise DnsepError(f"{path}: not a Lightning checkpoint (the file holds a {type(data).__name__}, not a dict)")
     return data

@@ -11,75 +11,11 @@ The folder then works with ``--model OUT_DIR`` and can be uploaded to the Huggin
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
-
-def model_card(checkpoint: Path, digest: str, hparams: dict[str, Any], info: dict[str, Any], config: Any) -> str:
-    """A MODEL_CARD.md for a converted checkpoint: source, settings, and what dnsep did not measure."""
-    sde = config.sde.params
-    tr = config.transform
-    weights = "the exponential moving average (EMA) in the checkpoint" if info.get("ema") else "raw (no EMA)"
-    lines = [
-        f"# {config.name}",
-        "",
-        f"SGMSE+ score model converted by `dnsep convert` from `{checkpoint.name}` (sha256 `{digest}`).",
-        "",
-        "## Source",
-        "",
-        '- Method: SGMSE+, Richter, Welker, Lemercier, Lay, Gerkmann, "Speech Enhancement and Dereverberation',
-        '  with Diffusion-based Generative Models", IEEE/ACM TASLP 31, 2023 (code: github.com/sp-uhh/sgmse).',
-        f"- Checkpoint: epoch {info.get('epoch', '?')}, step {info.get('global_step', '?')}, "
-        f"PyTorch Lightning {info.get('pytorch-lightning_version', '?')}.",
-        f"- Weights: {weights}.",
-        "- Licence: the weights are the original authors'; check their terms before redistributing.",
-        "",
-        "## Settings",
-        "",
-        f"- Sample rate {config.sample_rate} Hz; STFT n_fft {config.stft.n_fft}, hop {config.stft.hop_length}, "
-        f"{config.stft.window} window.",
-        f"- Spectrogram transform: {tr.kind}, S' = {tr.beta:g} |S|^{tr.alpha:g} e^(j angle S).",
-        f"- Backbone: {config.backbone.name} {config.backbone.params or '(reference defaults)'}.",
-        f"- SDE: OUVE, theta {sde['theta']:g}, sigma_min {sde['sigma_min']:g}, sigma_max {sde['sigma_max']:g}.",
-        f"- Training loss: {hparams.get('loss_type', 'score_matching')}.",
-        f"- Sampler defaults: {config.sampler.predictor} predictor, {config.sampler.corrector} corrector, "
-        f"N = {config.sampler.steps}, snr {config.sampler.snr:g}, t_eps {config.sampler.t_eps:g} (the reference's).",
-        "",
-        "## Training data",
-        "",
-        f"Trained by the original authors; the checkpoint names its data folder as `{hparams.get('base_dir', '?')}`.",
-        "",
-        "## Measured quality",
-        "",
-        "Not measured by dnsep for this conversion; see the SGMSE+ paper for the published results.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def frontend_card(source: str, config: Any, num_params: int, frontend: Any) -> str:
-    """A MODEL_CARD.md for a model grown by a front-end: what it refines, and that nothing was trained."""
-    lines = [
-        f"# {config.name}",
-        "",
-        f"`{source}` grown by `dnsep convert --frontend {config.frontend.name}` to refine the estimate of",
-        f"{frontend.description} (version {frontend.version}). Untrained: the network computes",
-        "`D = (M_y y + M_x x) / 2 + d / 2`, the mean of its own estimate and the front-end's `d`.",
-        "",
-        "## Model",
-        f"- Backbone: `{config.backbone.name}` {json.dumps(config.backbone.params)}, {num_params:,} parameters",
-        f"- Sample rate {config.sample_rate} Hz; the front-end runs at {frontend.sample_rate} Hz, so a 44.1/48 kHz",
-        "  input keeps the front-end's band above the model's Nyquist frequency.",
-        "",
-        "## Measured quality",
-        "",
-        "Not measured by `dnsep convert`; see `benchmarks/quality.py`.",
-        "",
-    ]
-    return "\n".join(lines)
+from dnsep_cli.model_card import frontend_card, sgmse_card
 
 
 def convert(
@@ -99,7 +35,7 @@ def convert(
     import hashlib
 
     from dnsep_cli.config import CONFIG_FILE, WEIGHTS_FILE
-    from dnsep_cli.errors import DnsepError, UsageError
+    from dnsep_cli.errors import DnsepError, UsageError, first_line
     from dnsep_cli.model import ScoreModel
     from dnsep_cli.sgmse_checkpoint import convert_checkpoint, read_checkpoint
 
@@ -118,12 +54,12 @@ def convert(
     try:
         config, state = convert_checkpoint(raw, name=name or checkpoint.stem, source=str(checkpoint))
     except (ValueError, TypeError, KeyError) as err:
-        raise DnsepError(f"{checkpoint}: cannot convert ({str(err).strip().splitlines()[0]})") from None
+        raise DnsepError(f"{checkpoint}: cannot convert ({first_line(err)})") from None
     model = ScoreModel(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise DnsepError(f"{checkpoint}: weights do not fit the model ({str(err).splitlines()[0]})") from None
+        raise DnsepError(f"{checkpoint}: weights do not fit the model ({first_line(err)})") from None
 
     digest = hashlib.sha256()
     with open(checkpoint, "rb") as f:
@@ -131,7 +67,7 @@ def convert(
             digest.update(block)
     info = {k: raw.get(k) for k in ("epoch", "global_step", "pytorch-lightning_version")}
     info["ema"] = bool(isinstance(raw.get("ema"), dict) and raw["ema"].get("shadow_params"))
-    card = model_card(checkpoint, digest.hexdigest()[:16], dict(raw["hyper_parameters"]), info, config)
+    card = sgmse_card(checkpoint, digest.hexdigest()[:16], dict(raw["hyper_parameters"]), info, config)
     model.save_pretrained(out_dir, card=card)
     sde = config.sde.params
     typer.echo(

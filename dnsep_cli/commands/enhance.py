@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from dnsep_cli.errors import DnsepError, UsageError
+from dnsep_cli.errors import DnsepError, UsageError, first_line
 from dnsep_cli.jobs import (
     AUDIO_EXTENSIONS_HELP,
     Job,
@@ -269,10 +269,8 @@ def _run_job(enhancer, job: Job, overwrite: bool, force: bool, format, subtype, 
         return FileReport(str(job.input), str(job.output), "failed", error=str(err))
     except (MemoryError, RuntimeError, OSError, ValueError) as err:
         # An unexpected failure of one file must not stop the batch: one line, and the next file.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return FileReport(
-            str(job.input), str(job.output), "failed", error=f"{job.input}: {type(err).__name__}: {first}"
-        )
+        error = f"{job.input}: {type(err).__name__}: {first_line(err) if str(err).strip() else ''}"
+        return FileReport(str(job.input), str(job.output), "failed", error=error)
 
 
 def _describe(report) -> str:

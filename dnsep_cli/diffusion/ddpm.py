@@ -53,6 +53,11 @@ Indexing. In code ``t`` runs ``0 .. T-1`` and code step ``t`` is the papers' ste
 ``beta_1``, ``alpha_bar[t]`` is ``alpha_bar_{t+1}``, and ``alpha_bar_prev[0] = alpha_bar_0 = 1``. Code step
 ``t = 0`` is the decoder term ``L_0``. Schedules are float64 tensors, cast to the input's device and dtype on use.
 Data tensors are real, ``(B, ...)``; ``t`` is a LongTensor ``(B,)``.
+
+Where it is used. The trainer draws the diffusion time ``t`` with ``LossSecondMomentSampler`` (every
+``dnsep train``). ``GaussianDiffusion`` and its losses are a reference implementation of the discrete-time
+models that the score SDEs generalise (Song et al. 2021 show DDPM as a discretised VP SDE, ``sde.VPSDE``):
+no shipped model samples with them. The tests exercise them against the papers' closed forms.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 An enhancer must not clip, must not silence speech, and must leave speech-absent stretches at most as loud as
 they came in (a generative model can hallucinate speech-like sounds there). All measures are mean powers over
-non-overlapping frames of ``FRAME_SECONDS`` (``dnsep_cli.train.data``'s framing), averaged over channels:
+non-overlapping frames of ``FRAME_SECONDS`` (``dnsep_cli.eval.activity``'s framing), averaged over channels:
 
     P(frame) = (1 / (C N)) sum_c sum_n x_c[n]^2            (N samples in the frame; the last may be short)
     P(S)     = sum_{f in S} E(f) / sum_{f in S} N(f)        (mean power over the samples of the frames S)
 
 where ``E(f)`` is a frame's energy. The speech-active frames ``A`` are those of the clean reference ``s``
-within ``ACTIVE_THRESHOLD_DB`` of its loudest frame (as ``data.active_power`` measures the SNR); the
+within ``ACTIVE_THRESHOLD_DB`` of its loudest frame (as ``activity.active_power`` measures the SNR); the
 others, ``~A``, are speech-absent. For an enhanced ``s_hat`` of a noisy ``y``:
 
     peak_dbfs           = 20 log10 max |s_hat|
@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from dnsep_cli.train.data import ACTIVE_THRESHOLD_DB, FRAME_SECONDS, active_frames
+from dnsep_cli.eval.activity import ACTIVE_THRESHOLD_DB, FRAME_SECONDS, active_frames
 
 CONTEXT_FRAMES = 1  # +-20 ms: covers the spread of a 32 ms analysis window
 

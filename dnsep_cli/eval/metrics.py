@@ -74,11 +74,11 @@ def as_channels(x: np.ndarray) -> np.ndarray:
 
 def resample(x: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """Resample ``(C, L)`` from ``sr`` to ``target_sr`` with soxr (HQ, linear phase, no delay)."""
+    from dnsep_cli.audio import resample as resample_time_first
+
     if sr == target_sr:
         return x
-    import soxr
-
-    return np.ascontiguousarray(soxr.resample(x.T, sr, target_sr, quality="HQ").T)
+    return np.ascontiguousarray(resample_time_first(x.T, sr, target_sr).T)
 
 
 def prepare_pair(

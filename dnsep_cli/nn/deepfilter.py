@@ -36,6 +36,11 @@ The MVDR passes the part of the current speech frame that is correlated with the
 undistorted and minimises the noise; both exploit the inter-frame correlation of speech (harmonics
 rotate predictably from frame to frame), which a single-frame gain cannot. ``w^H x_t`` is DfOp with
 ``C(t, i, f) = conj(w_i(t, f))``.
+
+Where it is used. ``DfOp`` is the post-filter of every shipped model (``postfilter.DeepFilterPostFilter``).
+The multi-frame Wiener and MVDR filters (``MultiFrameWiener``, ``MultiFrameMVDR``) are reference
+implementations of what deep filtering learns: no shipped model runs them, and the tests check them against
+their closed forms (the MVDR weights, a distortionless oracle MVDR, an oracle Wiener that raises the SNR).
 """
 
 from __future__ import annotations

@@ -31,14 +31,21 @@ import soundfile as sf
 import torch
 from scipy import signal
 
+from dnsep_cli.audio import resample
 from dnsep_cli.errors import DnsepError, UsageError
+from dnsep_cli.eval.activity import (
+    ACTIVE_THRESHOLD_DB,
+    EPS,
+    FRAME_SECONDS,
+    active_power,
+    frame_energies_db,
+    noise_gain,
+    rms_db,
+)
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
-ACTIVE_THRESHOLD_DB = -40.0  # frames quieter than this (relative to the loudest frame) count as pauses
-FRAME_SECONDS = 0.02
 EARLY_SECONDS = 0.05  # reflections within 50 ms of the direct path stay in the target
 PEAK_LIMIT = 0.99
-EPS = 1e-12
 
 
 class DataError(DnsepError, ValueError):
@@ -95,11 +102,7 @@ def load_audio(path: Path, sample_rate: int) -> np.ndarray:
     except (sf.LibsndfileError, RuntimeError) as e:
         raise DataError(f"cannot read audio {path}: {e}") from e
     x = x.mean(axis=1)
-    if sr != sample_rate:
-        import soxr
-
-        x = soxr.resample(x, sr, sample_rate, quality="HQ")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(resample(x, sr, sample_rate), dtype=np.float32)
 
 
 def load_audio_bank(files: list[Path], sample_rate: int) -> list[np.ndarray]:
@@ -116,39 +119,11 @@ def load_audio_bank(files: list[Path], sample_rate: int) -> list[np.ndarray]:
 # Levels
 
 
-def frame_energies_db(x: np.ndarray, sample_rate: int, frame_seconds: float = FRAME_SECONDS) -> np.ndarray:
-    """Mean power of non-overlapping frames in dB, ``(..., L) -> (..., ceil(L / frame))``; the last one padded."""
-    frame = max(1, round(frame_seconds * sample_rate))
-    n = -(-x.shape[-1] // frame)
-    pad = n * frame - x.shape[-1]
-    x = np.pad(x.astype(np.float64), [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-    power = np.mean(x.reshape(*x.shape[:-1], n, frame) ** 2, axis=-1)
-    return 10.0 * np.log10(power + EPS)
-
-
-def active_power(x: np.ndarray, sample_rate: int, threshold_db: float = ACTIVE_THRESHOLD_DB) -> float:
-    """Mean power of ``x`` ``(L,)`` over its active frames (within ``threshold_db`` of the loudest frame)."""
-    frame = max(1, round(FRAME_SECONDS * sample_rate))
-    n = x.shape[-1] // frame
-    if n == 0:
-        return float(np.mean(np.square(x, dtype=np.float64)))
-    power = np.mean(x[: n * frame].astype(np.float64).reshape(n, frame) ** 2, axis=-1)
-    active = active_frames(power, threshold_db)
-    return float(power[active].mean()) if active.any() else 0.0
-
-
-def active_frames(power: np.ndarray, threshold_db: float = ACTIVE_THRESHOLD_DB) -> np.ndarray:
-    """Boolean mask of the frames whose power ``(frames,)`` is within ``threshold_db`` of the loudest frame;
-    none for digital silence (there is nothing active to find)."""
-    loudest = power.max(initial=0.0)
-    if loudest <= 0:
-        return np.zeros(power.shape, dtype=bool)
-    return power >= loudest * 10.0 ** (threshold_db / 10.0)
-
-
-def rms_db(x: np.ndarray) -> float:
-    """RMS level in dBFS, ``20 log10(sqrt(mean x^2))`` (a full-scale sine reads -3 dB)."""
-    return 10.0 * math.log10(float(np.mean(np.square(x, dtype=np.float64))) + EPS)
+def worker_rng(seed: int) -> np.random.Generator:
+    """The random stream of this DataLoader worker: ``default_rng([seed, w])`` for worker ``w`` (0 in the main
+    process), so workers draw different examples and a run with the same seed and workers repeats itself."""
+    info = torch.utils.data.get_worker_info()
+    return np.random.default_rng([seed, info.id if info is not None else 0])
 
 
 def _extract(x: np.ndarray, start: int, length: int, loop: bool) -> np.ndarray:
@@ -398,9 +373,9 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                 snr[c] = base + (rng.uniform(-cfg.channel_snr_spread_db, cfg.channel_snr_spread_db) if c else 0.0)
                 p_speech = active_power(reverberant[c], fs)
                 p_noise = float(np.mean(noise[c] ** 2))
-                if p_speech > 0 and p_noise > 0:
-                    # P_active(s) / (k^2 P(n)) = 10^(SNR/10)
-                    noise[c] *= math.sqrt(p_speech / (p_noise * 10.0 ** (snr[c] / 10.0)))
+                gain = noise_gain(p_speech, p_noise, snr[c])
+                if gain is not None:
+                    noise[c] *= gain
                 else:
                     noise[c] = 0.0
                     snr[c] = np.inf
@@ -435,8 +410,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     # -- iteration ----------------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info is not None else 0])
+        rng = worker_rng(self.seed)
         while True:
             ex = self.example(rng)
             yield {"clean": torch.from_numpy(ex["clean"]), "noisy": torch.from_numpy(ex["noisy"])}
@@ -511,10 +485,7 @@ class PairedDataset(torch.utils.data.IterableDataset):
         for key, path in zip(("clean", "noisy"), self.pairs[i], strict=True):
             x, _ = sf.read(str(path), start=start, frames=min(need, frames), dtype="float32", always_2d=True)
             x = x.mean(axis=1)
-            if sr != self.sample_rate:
-                import soxr
-
-                x = soxr.resample(x, sr, self.sample_rate, quality="HQ")
+            x = resample(x, sr, self.sample_rate)
             crop = np.zeros(self.length, dtype=np.float32)
             x = x[: self.length - offset]
             crop[offset : offset + x.shape[0]] = x
@@ -522,8 +493,7 @@ class PairedDataset(torch.utils.data.IterableDataset):
         return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info is not None else 0])
+        rng = worker_rng(self.seed)
         while True:
             ex = self.example(rng)
             yield {k: torch.from_numpy(v) for k, v in ex.items()}
@@ -545,8 +515,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info is not None else 0])
+        rng = worker_rng(self.seed)
         while True:
             yield self.dataset.batch(self.batch_size, rng)
 
@@ -669,8 +638,9 @@ def build_validation_set(
                 noise_audio[j] = load_audio(noise[j], sample_rate)
             n = _extract(noise_audio[j], int(rng.integers(noise_audio[j].shape[0])), length, True).astype(np.float64)
             p_noise = float(np.mean(n**2))
-            if p_speech > 0 and p_noise > 0:
-                n *= math.sqrt(p_speech / (p_noise * 10.0 ** (snr / 10.0)))
+            gain = noise_gain(p_speech, p_noise, snr)
+            if gain is not None:
+                n *= gain
             y = s + n
             g = 10.0 ** (level_db / 20.0) / math.sqrt(max(float(np.mean(y**2)), EPS))
             peak = g * max(np.abs(y).max(), np.abs(s).max())

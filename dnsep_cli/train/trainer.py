@@ -48,6 +48,7 @@ from dnsep_cli.config import (
 from dnsep_cli.diffusion.ddpm import LossSecondMomentSampler
 from dnsep_cli.diffusion.score_matching import data_from_v, perturb, v_target
 from dnsep_cli.model import ScoreModel
+from dnsep_cli.model_card import training_card
 from dnsep_cli.sampler_stage import enhance_spectrogram, one_shot, renormalized, scaled
 
 STATE_FILE = "state.pt"
@@ -552,7 +553,7 @@ class Trainer:
 
     # -- export ----------------------------------------------------------------------------------------------
     def export(self, folder: Path, metrics: dict[str, float]) -> None:
-        card = model_card(self.model.config, self.model.num_parameters(), self.state, metrics, self.card_info)
+        card = training_card(self.model.config, self.model.num_parameters(), self.state, metrics, self.card_info)
         self.ema_model().save_pretrained(folder, card=card)
 
     # -- the loop ----------------------------------------------------------------------------------------------
@@ -683,40 +684,3 @@ def enhance_waveform(
         d = model.spectrogram(torch.as_tensor(estimate, dtype=torch.float32, device=device)[None, None] / scale)
     x_hat, _ = enhance_spectrogram(model, y, sampler, generator=generator, d=d)
     return (model.waveform(x_hat, wav.shape[-1]) * scale)[0, 0].cpu().numpy()
-
-
-def model_card(
-    config: ModelConfig, num_params: int, state: TrainState, metrics: dict[str, float], info: dict[str, Any]
-) -> str:
-    """A MODEL_CARD.md for an exported model: what it is, what it saw, how it was trained, how it scores."""
-    lines = [
-        f"# {config.name}",
-        "",
-        "A dnsep score-based speech enhancement model.",
-        "",
-        "## Model",
-        f"- Backbone: `{config.backbone.name}` {json.dumps(config.backbone.params)}, {num_params:,} parameters",
-        f"- Output parameterisation: {config.output}; SDE: {config.sde.name} {json.dumps(config.sde.params)}",
-        f"- STFT: n_fft {config.stft.n_fft}, hop {config.stft.hop_length}; sample rate {config.sample_rate} Hz",
-        "",
-        "## Training data",
-        info.get("data", "(not recorded)"),
-        "",
-        "## Training",
-        f"- Steps: {state.step}; wall time: {state.elapsed / 3600:.2f} h; hardware: {info.get('hardware', 'unknown')}",
-        f"- Exported at step {state.step} (EMA weights)",
-        "",
-        "## Measured quality",
-    ]
-    if metrics:
-        lines.append("| PESQ-WB | ESTOI | SI-SDR (dB) |")
-        lines.append("|---|---|---|")
-        lines.append(
-            f"| {metrics.get('pesq', float('nan')):.3f} | {metrics.get('estoi', float('nan')):.3f} | "
-            f"{metrics.get('si_sdr', float('nan')):.2f} |"
-        )
-        lines.append("")
-        lines.append(info.get("validation", "On the training run's validation items (fast sampler)."))
-    else:
-        lines.append("(no validation run)")
-    return "\n".join(lines) + "\n"

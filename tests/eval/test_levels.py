@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
+from dnsep_cli.eval.activity import FRAME_SECONDS
 from dnsep_cli.eval.levels import frame_energy_db, level_report, noise_only_report, speech_activity
-from dnsep_cli.train.data import FRAME_SECONDS
 
 SR = 16000
 FRAME = round(FRAME_SECONDS * SR)  # 320 samples
