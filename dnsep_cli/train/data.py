@@ -42,8 +42,8 @@ from dnsep_cli.eval.activity import (
     noise_gain,
     rms_db,
 )
+from dnsep_cli.formats import AUDIO_EXTENSIONS
 
-AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 EARLY_SECONDS = 0.05  # reflections within 50 ms of the direct path stay in the target
 PEAK_LIMIT = 0.99
 
@@ -76,7 +76,7 @@ def list_corpus(root: Path, kind: str, split: str | None = None, subset: Path | 
         rel = [r["file"] for r in rows if r["kind"] == kind and r["split"] == split]
     else:
         base = root / kind
-        rel = sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        rel = sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
     if subset is not None:
         subset = Path(subset)
         if not subset.is_file() and not subset.is_absolute() and (root / subset).is_file():
@@ -430,7 +430,7 @@ def _audio_files(folder: Path) -> dict[str, Path]:
     return {
         p.relative_to(folder).as_posix(): p
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+        if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
     }
 
 
@@ -453,7 +453,7 @@ class PairedDataset(torch.utils.data.IterableDataset):
         clean, noisy = _audio_files(clean_dir), _audio_files(noisy_dir)
         if not clean or not noisy:
             empty = clean_dir if not clean else noisy_dir
-            raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {empty}")
+            raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in {empty}")
         for a, b, a_dir, b_dir in ((clean, noisy, clean_dir, noisy_dir), (noisy, clean, noisy_dir, clean_dir)):
             lonely = sorted(set(a) - set(b))
             if lonely:
