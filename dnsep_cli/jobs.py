@@ -6,6 +6,7 @@ other engine (a cluster's workers) plan the same jobs.
 - ``plan_file_list``: a file list or NeMo-style manifest (``--from``).
 - ``shard_of``: the stable shard of a file (``--shard K/N``), by its relative path.
 - ``append_log_row`` / ``failed_inputs``: the JSONL results log (``--log``, ``--retry-failed``).
+- ``run_job``: one job through an ``Enhancer``, to a ``FileReport``, whatever engine runs it.
 
 No output is ever one of the run's inputs (compared by file identity), and two jobs never share an output.
 """
@@ -33,6 +34,17 @@ class Job:
     output: Path | None
     error: str | None = None
     key: str = ""  # the input's path relative to what was named on the command line: its seed derives from it
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How every job of a run writes its output: ``Enhancer.enhance_file``'s options and the run's seed."""
+
+    overwrite: bool = False
+    force: bool = False
+    format: str | None = None
+    subtype: str | None = None
+    seed: int = 0
 
 
 @dataclass
@@ -282,3 +294,34 @@ def shard_of(key: str, shards: int) -> int:
     every assignment already made, and each file lies in exactly one shard whatever the order or machine."""
     digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"dnsep-shard").digest()
     return int.from_bytes(digest, "big") % shards
+
+
+def run_job(enhancer, job: Job, options: JobOptions, progress=None):
+    """Enhance one job's input into its output: a ``FileReport`` (ok, skipped or failed), never an exception
+    for a file's own failure, so one bad file never stops a batch. A usage error (the run's own options) still
+    raises. The file's seed derives from the run's seed and ``job.key``, so any engine, order or worker gives
+    the same output."""
+    from dnsep_cli.enhance import FileReport, file_seed
+    from dnsep_cli.errors import DnsepError, first_line
+
+    if job.error is not None or job.output is None:
+        return FileReport(str(job.input), None, "failed", error=job.error)
+    try:
+        return enhancer.enhance_file(
+            job.input,
+            job.output,
+            overwrite=options.overwrite,
+            force=options.force,
+            format=options.format,
+            subtype=options.subtype,
+            seed=file_seed(options.seed, job.key),
+            progress=progress,
+        )
+    except UsageError:
+        raise
+    except DnsepError as err:
+        return FileReport(str(job.input), str(job.output), "failed", error=str(err))
+    except (MemoryError, RuntimeError, OSError, ValueError) as err:
+        # an unexpected failure of one file must not stop the batch: one line, and the next file
+        error = f"{job.input}: {type(err).__name__}: {first_line(err) if str(err).strip() else ''}"
+        return FileReport(str(job.input), str(job.output), "failed", error=error)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import typer
 
-from dnsep_cli.errors import DnsepError, UsageError, first_line
+from dnsep_cli.errors import UsageError
 from dnsep_cli.jobs import (
     AUDIO_EXTENSIONS_HELP,
-    Job,
+    JobOptions,
     append_log_row,
     check_log,
     failed_inputs,
@@ -28,6 +28,7 @@ from dnsep_cli.jobs import (
     parse_shard,
     plan_file_list,
     plan_jobs,
+    run_job,
     shard_of,
 )
 
@@ -128,6 +129,21 @@ def enhance(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="With --log: run only the inputs whose latest row in the log failed."
     ),
+    engine: str = typer.Option(
+        "plain",
+        "--engine",
+        help="plain (this process) or ray (an actor pool on a Ray cluster; pip install 'dnsep[ray]').",
+    ),
+    workers: int = typer.Option(1, "--workers", help="--engine ray: actors, each with its own copy of the model."),
+    gpus_per_worker: float = typer.Option(
+        0.0, "--gpus-per-worker", help="--engine ray: GPUs per actor (0: CPU actors; 0.5: two actors share a GPU)."
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="--engine ray: the cluster to join (auto, host:6379, ray://host:10001); default: a local one-machine"
+        " cluster on 127.0.0.1 for this run.",
+    ),
     shard: str | None = typer.Option(
         None,
         "--shard",
@@ -140,6 +156,10 @@ def enhance(
 
     exts = parse_extensions(ext)
     check_seed(seed)
+    if engine not in ("plain", "ray"):
+        raise UsageError(f"unknown --engine {engine!r}: use plain or ray")
+    if engine == "plain" and (workers != 1 or gpus_per_worker or ray_address):
+        raise UsageError("--workers, --gpus-per-worker and --ray-address are options of --engine ray")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     if format is not None or subtype is not None:
@@ -199,23 +219,42 @@ def enhance(
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
-    enhancer = Enhancer.from_pretrained(model, device=device, precision=precision, **overrides)
+    # with --engine ray this copy only checks the model and options (one line each) before the cluster starts
+    # (on the CPU: the workers' devices may not exist here)
+    if engine == "ray":
+        from dnsep_cli.enhance import PRECISIONS
 
+        if precision not in PRECISIONS:
+            raise UsageError(f"unknown --precision {precision!r}: use {', '.join(PRECISIONS)}")
+    here = ("cpu", "fp32") if engine == "ray" else (device, precision)
+    enhancer = Enhancer.from_pretrained(model, device=here[0], precision=here[1], **overrides)
+
+    options = JobOptions(overwrite=overwrite, force=force, format=format, subtype=subtype, seed=seed)
     reports: list[FileReport] = []
     show_bars = not quiet and not as_json and sys.stderr.isatty()
     runner = _BarRunner(len(plan.jobs)) if show_bars else None
+
+    def done(report: FileReport) -> None:
+        reports.append(report)
+        if log is not None:
+            append_log_row(log, report)
+        if report.status == "failed":
+            _echo_err(runner, f"dnsep: error: {report.error}")
+        elif not quiet and not as_json:
+            _echo(runner, _describe(report))
+        if runner is not None:
+            runner.file_done(report)
+
     try:
-        for job in plan.jobs:
-            report = _run_job(enhancer, job, overwrite, force, format, subtype, seed, runner)
-            reports.append(report)
-            if log is not None:
-                append_log_row(log, report)
-            if report.status == "failed":
-                _echo_err(runner, f"dnsep: error: {report.error}")
-            elif not quiet and not as_json:
-                _echo(runner, _describe(report))
-            if runner is not None:
-                runner.file_done()
+        if engine == "ray":
+            from dnsep_cli.ray_engine import EnhancerSpec, run_on_ray
+
+            spec = EnhancerSpec(model, device, precision, overrides, threads or 1)
+            run_on_ray(plan.jobs, spec, options, workers, gpus_per_worker, ray_address, done)
+        else:
+            for job in plan.jobs:
+                progress = runner.file_progress(job.input.name) if runner is not None else None
+                done(run_job(enhancer, job, options, progress))
     finally:
         if runner is not None:
             runner.stop()
@@ -244,33 +283,6 @@ def _settings_dict(enhancer) -> dict:
     from dataclasses import asdict
 
     return asdict(enhancer.settings) | {"nfe_per_chunk": enhancer.nfe_per_chunk(), "precision": enhancer.precision}
-
-
-def _run_job(enhancer, job: Job, overwrite: bool, force: bool, format, subtype, seed: int, runner):
-    from dnsep_cli.enhance import FileReport, file_seed
-
-    if job.error is not None or job.output is None:
-        return FileReport(str(job.input), None, "failed", error=job.error)
-    try:
-        progress = runner.file_progress(job.input.name) if runner is not None else None
-        return enhancer.enhance_file(
-            job.input,
-            job.output,
-            overwrite=overwrite,
-            force=force,
-            format=format,
-            subtype=subtype,
-            seed=file_seed(seed, job.key),
-            progress=progress,
-        )
-    except UsageError:
-        raise
-    except DnsepError as err:
-        return FileReport(str(job.input), str(job.output), "failed", error=str(err))
-    except (MemoryError, RuntimeError, OSError, ValueError) as err:
-        # An unexpected failure of one file must not stop the batch: one line, and the next file.
-        error = f"{job.input}: {type(err).__name__}: {first_line(err) if str(err).strip() else ''}"
-        return FileReport(str(job.input), str(job.output), "failed", error=error)
 
 
 def _describe(report) -> str:
@@ -317,6 +329,7 @@ class _BarRunner:
         )
         self.progress.start()
         self.files = self.progress.add_task("files", total=num_files, detail="")
+        self.hours = 0.0
         self.chunks = None
 
     def file_progress(self, name: str):
@@ -332,8 +345,9 @@ class _BarRunner:
 
         return update
 
-    def file_done(self) -> None:
-        self.progress.advance(self.files)
+    def file_done(self, report) -> None:
+        self.hours += (report.duration_s or 0.0) / 3600
+        self.progress.update(self.files, advance=1, detail=f"{self.hours:.2f} h audio")
 
     def stop(self) -> None:
         self.progress.stop()
