@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dnsep_cli.errors import UsageError
 from dnsep_cli.formats import AUDIO_EXTENSIONS
+from dnsep_cli.remote import is_url, plan_url_jobs
 
 # what a folder is searched for by default, as --ext spells it
 AUDIO_EXTENSIONS_HELP = ",".join(e.lstrip(".") for e in AUDIO_EXTENSIONS)
@@ -30,8 +31,8 @@ AUDIO_EXTENSIONS_HELP = ",".join(e.lstrip(".") for e in AUDIO_EXTENSIONS)
 class Job:
     """One input file and where its output goes; ``error`` set when it cannot run (reported, not fatal)."""
 
-    input: Path
-    output: Path | None
+    input: Path | str  # a str is a URL (dnsep_cli.remote)
+    output: Path | str | None
     error: str | None = None
     key: str = ""  # the input's path relative to what was named on the command line: its seed derives from it
 
@@ -91,6 +92,11 @@ def plan_jobs(
         names, output_name = names[:-1], names[-1]
     if "-" in [str(n) for n in (*names, output_name)]:
         raise UsageError("'-' (standard input or output) is not supported: give file or folder names")
+    new_ext = FORMAT_EXTENSIONS.get(format.upper()) if format else None
+    if any(is_url(n) for n in (*names, output_name)):
+        plan = Plan(plan_url_jobs([str(n) for n in names], str(output_name), exts, new_ext))
+        _refuse_shared_outputs(plan.jobs)
+        return plan
     paths, output = [Path(n) for n in names], Path(output_name)
     plan = Plan()
     output_is_file = (
@@ -107,7 +113,6 @@ def plan_jobs(
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output}: several inputs need an output folder, and this is a file")
     out_root = output.resolve()
-    new_ext = FORMAT_EXTENSIONS.get(format.upper()) if format else None
 
     def target(rel: Path) -> Path:
         return output / (rel.with_suffix(new_ext) if new_ext else rel)
@@ -130,16 +135,21 @@ def plan_jobs(
         else:
             plan.jobs.append(Job(path, target(Path(path.name)), key=path.name))
     _refuse_outputs_that_are_inputs(plan.jobs)
-    seen: dict[Path, Path] = {}
-    for job in plan.jobs:
+    _refuse_shared_outputs(plan.jobs)
+    return plan
+
+
+def _refuse_shared_outputs(jobs: list[Job]) -> None:
+    """Fail every job whose output another job already writes (the first keeps it)."""
+    seen: dict[Path | str, Path | str] = {}
+    for job in jobs:
         if job.output is None or job.error:
             continue
-        key = job.output.resolve()
+        key = job.output if isinstance(job.output, str) else job.output.resolve()
         if key in seen:
             job.error = f"{job.input}: same output {job.output} as {seen[key]}; skipped"
         else:
             seen[key] = job.input
-    return plan
 
 
 def _refuse_outputs_that_are_inputs(jobs: list[Job]) -> None:
@@ -307,6 +317,8 @@ def run_job(enhancer, job: Job, options: JobOptions, progress=None):
     if job.error is not None or job.output is None:
         return FileReport(str(job.input), None, "failed", error=job.error)
     try:
+        if is_url(job.input) or is_url(job.output):
+            return _run_url_job(enhancer, job, options, progress)
         return enhancer.enhance_file(
             job.input,
             job.output,
@@ -325,3 +337,28 @@ def run_job(enhancer, job: Job, options: JobOptions, progress=None):
         # an unexpected failure of one file must not stop the batch: one line, and the next file
         error = f"{job.input}: {type(err).__name__}: {first_line(err) if str(err).strip() else ''}"
         return FileReport(str(job.input), str(job.output), "failed", error=error)
+
+
+def _run_url_job(enhancer, job: Job, options: JobOptions, progress):
+    """``run_job`` for an input or output named by URL: through local files (``remote.staged``)."""
+    from dnsep_cli.enhance import FileReport, file_seed
+    from dnsep_cli.errors import DnsepError
+    from dnsep_cli.remote import staged
+
+    source, target = str(job.input), str(job.output)
+    with staged(source, target, options.overwrite, options.force) as local:
+        if local is None:
+            return FileReport(source, target, "skipped")
+        try:
+            report = enhancer.enhance_file(
+                local[0],
+                local[1],
+                format=options.format,
+                subtype=options.subtype,
+                seed=file_seed(options.seed, job.key),
+                progress=progress,
+            )
+        except DnsepError as err:  # said of the URLs, not of the temporary copies
+            raise DnsepError(str(err).replace(str(local[0]), source).replace(str(local[1]), target)) from None
+    report.input, report.output = source, target
+    return report

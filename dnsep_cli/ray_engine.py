@@ -28,6 +28,7 @@ from typing import Any
 
 from dnsep_cli.errors import DnsepError, MissingExtraError, UsageError, first_line
 from dnsep_cli.jobs import Job, JobOptions
+from dnsep_cli.remote import is_url
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # 0: Ray's single-node mode, on the loopback interface
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -66,7 +67,8 @@ class EnhanceActor:
 
         reports = []
         for source, target, key in zip(batch["input"], batch["output"], batch["key"], strict=True):
-            job = Job(Path(str(source)), Path(str(target)), key=str(key))
+            source, target = str(source), str(target)
+            job = Job(*(name if is_url(name) else Path(name) for name in (source, target)), key=str(key))
             try:
                 report = run_job(self.enhancer, job, self.options)
             except DnsepError as err:  # a usage error raised in a worker is still this file's failure
@@ -105,7 +107,7 @@ def run_on_ray(
         if job.error is not None or job.output is None:
             report(FileReport(str(job.input), None, "failed", error=job.error))
         else:  # absolute paths for the workers (their working folder is not ours), reported as the user named them
-            source, target = str(job.input.absolute()), str(job.output.absolute())
+            source, target = (j if isinstance(j, str) else str(j.absolute()) for j in (job.input, job.output))
             named[source] = (str(job.input), str(job.output))
             rows.append({"input": source, "output": target, "key": job.key})
     if not rows:

@@ -114,6 +114,16 @@ def test_ray_output_is_the_plain_commands_byte_for_byte_and_a_bad_file_is_a_fail
     assert sorted(latest) == ["failed", "skipped", "skipped", "skipped", "skipped"]
 
 
+def test_ray_reads_and_writes_urls(cluster, tmp_path, capsys):
+    """fsspec URLs through the actors (file:// here; s3:// and gs:// take the same path)."""
+    _write_inputs(tmp_path / "in", 3, seconds=0.5)
+    common = ["--model", MODEL, "-q", "--threads", "1"]
+    assert run_cli(["enhance", tmp_path / "in", tmp_path / "plain", *common], capsys)[0] == 0
+    urls = [(tmp_path / "in").as_uri(), (tmp_path / "url").as_uri() + "/"]
+    assert run_cli(["enhance", *urls, *common, "--engine", "ray", "--workers", "2"], capsys)[0] == 0
+    assert _outputs(tmp_path / "url") == _outputs(tmp_path / "plain")
+
+
 def test_shards_on_ray_cover_every_file_once(cluster, tmp_path, capsys):
     _write_inputs(tmp_path / "in", 6, seconds=0.5)
     base = ["enhance", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", MODEL, "--engine", "ray"]

@@ -253,7 +253,7 @@ def enhance(
             run_on_ray(plan.jobs, spec, options, workers, gpus_per_worker, ray_address, done)
         else:
             for job in plan.jobs:
-                progress = runner.file_progress(job.input.name) if runner is not None else None
+                progress = runner.file_progress(Path(str(job.input)).name) if runner is not None else None
                 done(run_job(enhancer, job, options, progress))
     finally:
         if runner is not None:
