@@ -160,8 +160,11 @@ def _refuse_outputs_that_are_inputs(jobs: list[Job]) -> None:
             job.error = f"{job.output}: is an input of this run; refusing to write over it"
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """The file's (device, inode): one file under two names (a link, ``sub/../a.wav``) is one identity."""
+def _identity(path: Path | str) -> tuple[int, int] | None:
+    """The file's (device, inode): one file under two names (a link, ``sub/../a.wav``) is one identity; ``None``
+    for a URL or a missing file."""
+    if isinstance(path, str):
+        return None
     try:
         st = path.stat()
     except OSError:
@@ -216,18 +219,22 @@ def plan_file_list(list_path: Path, names: list[str], output_name: str | None, f
     elif names:
         raise UsageError("with --from, the inputs come from the list: give only the output folder")
     output = Path(output_name)
-    if output.exists() and not output.is_dir():
+    if not is_url(output_name) and output.exists() and not output.is_dir():
         raise UsageError(f"{output}: a file list needs an output folder, and this is a file")
     base = list_path.resolve().parent
     new_ext = FORMAT_EXTENSIONS.get(format.upper()) if format else None
     plan, seen = Plan(), {}
     for text, out_text in read_file_list(list_path):
-        given = Path(text).expanduser()
-        path = given if given.is_absolute() else base / given
-        try:
-            rel = path.resolve().relative_to(base)
-        except ValueError:
-            rel = Path(*path.resolve().parts[1:])  # outside the list's folder: mirrored without the root
+        path: Path | str
+        if is_url(text):  # a URL row: mirrored by its path after the scheme (s3://bucket/a.wav -> bucket/a.wav)
+            path, rel = text, Path(text.partition("://")[2].lstrip("/"))
+        else:
+            given = Path(text).expanduser()
+            path = given if given.is_absolute() else base / given
+            try:
+                rel = path.resolve().relative_to(base)
+            except ValueError:
+                rel = Path(*path.resolve().parts[1:])  # outside the list's folder: mirrored without the root
         target = Path(out_text) if out_text else (rel.with_suffix(new_ext) if new_ext else rel)
         if target.is_absolute() or ".." in target.parts:
             raise UsageError(f"--from {list_path}: output {out_text!r} must stay inside the output folder")
@@ -235,8 +242,10 @@ def plan_file_list(list_path: Path, names: list[str], output_name: str | None, f
         if key in seen:
             raise UsageError(f"--from {list_path}: {text} and {seen[key]} would both write {output / target}")
         seen[key] = text
-        error = None if path.is_file() else f"{path}: no such file"
-        plan.jobs.append(Job(path, output / target, error, key=rel.as_posix()))
+        # a URL is looked at when its job runs (one request per file here would be slow on an object store)
+        error = None if isinstance(path, str) or path.is_file() else f"{path}: no such file"
+        destination = f"{output_name.rstrip('/')}/{key}" if is_url(output_name) else output / target
+        plan.jobs.append(Job(path, destination, error, key=rel.as_posix()))
     _refuse_outputs_that_are_inputs(plan.jobs)
     return plan
 

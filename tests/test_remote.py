@@ -94,3 +94,23 @@ def test_a_missing_url_is_a_failed_file_not_a_crash(tmp_path, capsys):
         ["enhance", "memory://nowhere/x.wav", (tmp_path / "o.wav").as_uri(), "--model", MODEL], capsys
     )
     assert code == 1 and "memory://nowhere/x.wav: no such file or folder" in err
+
+
+def test_a_manifest_of_urls_into_an_output_url(tmp_path, capsys):
+    """--from with URL rows: each mirrored under the output URL by its path after the scheme, seeded by it;
+    a row whose URL is missing is a failed file when it runs."""
+    import json
+
+    _inputs(tmp_path / "in", n=2)
+    rows = [
+        {"audio_filepath": (tmp_path / "in" / "f0.wav").as_uri()},
+        {"audio_filepath": (tmp_path / "in" / "deep" / "f1.wav").as_uri(), "output": "renamed/one.wav"},
+        {"audio_filepath": "memory://absent/x.wav"},
+    ]
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = (tmp_path / "out").as_uri()
+    code, _, err = run_cli(["enhance", "--from", manifest, out, "--model", MODEL, "--threads", "1", "-q"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "memory://absent/x.wav: cannot download" in err
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.wav"))
+    assert written == sorted([(tmp_path / "in" / "f0.wav").as_posix().lstrip("/"), "renamed/one.wav"])
