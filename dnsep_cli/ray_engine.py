@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +155,9 @@ def connect(ray: Any, address: str | None, workers: int, threads: int) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # ray.init takes over SIGTERM (it dumps a stack and exits 15); the caller's handler (the CLI's: stop as
+    # Ctrl-C does, one line, exit 130, Ray shut down on the way out) is put back after it
+    handler = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         if address is not None:
             ray.init(address=address, log_to_driver=False, logging_level="error")
@@ -166,6 +171,9 @@ def connect(ray: Any, address: str | None, workers: int, threads: int) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = address or "a local cluster"
         raise DnsepError(f"--engine ray: cannot start or join {where} ({first_line(err)})") from None
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
     if address is None and ray.util.get_node_ip_address() not in LOOPBACK:
         ray.shutdown()
         raise DnsepError(

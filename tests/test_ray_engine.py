@@ -211,3 +211,27 @@ def test_engine_options_are_checked_in_one_line(tmp_path, extra, message, capsys
     code, _, err = run_cli(["enhance", tmp_path / "in", "-o", tmp_path / "out", "--model", MODEL, *extra], capsys)
     assert code == 2
     assert message in err and err.count("\n") == 1
+
+
+def test_sigterm_stops_a_ray_run_in_one_line_with_whole_outputs_only(tmp_path, capsys):
+    """A scheduler's SIGTERM during --engine ray: exit 130 and one line, as the plain command; every output
+    written is whole, nothing temporary is left, and the run's Ray processes are gone."""
+    _write_inputs(tmp_path / "in", 12, seconds=2.0)
+    plain = ["enhance", tmp_path / "in", "-o", tmp_path / "plain", "--model", MODEL, "-q", "--threads", "1"]
+    assert run_cli(plain, capsys)[0] == 0
+    actors_before = set(_actor_pids())
+    cmd = [sys.executable, "-m", "dnsep_cli", "enhance", str(tmp_path / "in"), "-o", str(tmp_path / "out")]
+    proc = subprocess.Popen([*cmd, "--model", MODEL, "-q", "--engine", "ray", "--workers", "2"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list((tmp_path / "out").rglob("*.wav")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.decode().splitlines() if "core_worker.cc" not in line]  # Ray's own C++ log
+    assert proc.returncode == 130 and lines == ["dnsep: interrupted"], err.decode()
+    written, expected = _outputs(tmp_path / "out"), _outputs(tmp_path / "plain")
+    assert len(written) >= 1 and all(expected[name] == data for name, data in written.items())
+    deadline = time.monotonic() + 30
+    while set(_actor_pids()) - actors_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(_actor_pids()) - actors_before  # the stopped run's actors are gone with its cluster
