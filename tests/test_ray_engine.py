@@ -107,6 +107,9 @@ def test_ray_output_is_the_plain_commands_byte_for_byte_and_a_bad_file_is_a_fail
 
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(r["status"] for r in rows) == ["failed", "ok", "ok", "ok", "ok"]
+    code, out, _ = run_cli([*args, "-o", tmp_path / "ray", "--engine", "ray", "--workers", "2", "--json"], capsys)
+    doc = json.loads(out)
+    assert (doc["engine"], doc["workers"], doc["device"], doc["skipped"], doc["failed"]) == ("ray", 2, "auto", 4, 1)
     # run again: every output exists, so every file is skipped and nothing is rewritten
     assert run_cli([*args, "-o", tmp_path / "ray", "--engine", "ray", "--workers", "2", "--log", log], capsys)[0] == 1
     assert _outputs(tmp_path / "ray") == plain

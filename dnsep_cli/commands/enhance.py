@@ -263,7 +263,10 @@ def enhance(
     if as_json:
         doc = {
             "model": enhancer.source.describe() if enhancer.source else None,
-            "device": str(enhancer.device),
+            # with --engine ray the workers' device, as asked (this process only checked the options on the CPU)
+            "device": str(enhancer.device) if engine == "plain" else device,
+            "engine": engine,
+            **({"workers": workers, "gpus_per_worker": gpus_per_worker} if engine == "ray" else {}),
             "settings": _settings_dict(enhancer),
             "ok": sum(r.status == "ok" for r in reports),
             "skipped": sum(r.status == "skipped" for r in reports),
