@@ -155,22 +155,25 @@ def test_the_shares_of_a_batch_cannot_exceed_it(tmp_path, capsys):
     assert "exceeds 1" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path):
-    straight = Trainer(_config(tmp_path / "a"), tiny_model_config(), synthetic_batches)
+def assert_resume_is_exact(tmp_path, model_config, batches) -> None:
+    """Three steps, a stop, and three resumed steps end where six straight steps do: weights, EMA, t-sampler."""
+    straight = Trainer(_config(tmp_path / "a"), model_config, batches)
     straight.fit()
-
-    first = Trainer(_config(tmp_path / "b", max_steps=3), tiny_model_config(), synthetic_batches)
+    first = Trainer(_config(tmp_path / "b", max_steps=3), model_config, batches)
     first.fit()
-    resumed = Trainer(_config(tmp_path / "b", max_steps=6), tiny_model_config(), synthetic_batches)
+    resumed = Trainer(_config(tmp_path / "b", max_steps=6), model_config, batches)
     resumed.load_state()
     assert resumed.state.step == 3
     resumed.fit()
-
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     for key in straight.ema.shadow:
         assert torch.equal(straight.ema.shadow[key], resumed.ema.shadow[key]), key
     assert torch.equal(straight.t_sampler.loss_history, resumed.t_sampler.loss_history)
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    assert_resume_is_exact(tmp_path, tiny_model_config(), synthetic_batches)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_model_config
-from test_train import _config, _loss_after_training, _write_folder, run_cli, synthetic_batches
+from test_train import _loss_after_training, _write_folder, assert_resume_is_exact, run_cli, synthetic_batches
 
 from dnsep_cli.config import FrontEndConfig
 from dnsep_cli.model import ScoreModel
 from dnsep_cli.sampler_stage import one_shot
-from dnsep_cli.train.trainer import Trainer, prepare_batch, prior_loss, training_loss
+from dnsep_cli.train.trainer import prepare_batch, prior_loss, training_loss
 
 
 def frontend_config():
@@ -64,15 +64,7 @@ def test_loss_goes_down_on_a_fixed_batch(loss):
 
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path):
-    straight = Trainer(_config(tmp_path / "a"), frontend_config(), batches_with_estimate)
-    straight.fit()
-    first = Trainer(_config(tmp_path / "b", max_steps=3), frontend_config(), batches_with_estimate)
-    first.fit()
-    resumed = Trainer(_config(tmp_path / "b", max_steps=6), frontend_config(), batches_with_estimate)
-    resumed.load_state()
-    resumed.fit()
-    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
+    assert_resume_is_exact(tmp_path, frontend_config(), batches_with_estimate)
 
 
 def test_cli_trains_on_a_frontend_pool_grown_from_a_trained_model(tmp_path):
