@@ -79,6 +79,45 @@ class EnhanceActor:
         return {"report": reports}
 
 
+@dataclass
+class RaySession:
+    """The Ray this run uses; ``close`` stops it when this run started it."""
+
+    ray: Any
+    started: bool
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+            self.started = False
+
+
+def start_beside(check: Callable[[], Any], address: str | None, workers: int, threads: int) -> tuple[Any, RaySession]:
+    """``(check(), session)``: ``check`` (loading the model to check the options) runs in a thread while Ray
+    starts or is joined in this one, so the run pays for the slower of the two, not both. When ``check``
+    raises, Ray is stopped again and its error raised."""
+    _check_pool(workers, 0.0)
+    ray = import_ray(local=address is None)  # without the extra: one line before anything loads
+    outcome: dict[str, Any] = {}
+
+    def run_check() -> None:
+        try:
+            outcome["value"] = check()
+        except BaseException as err:  # handed to the main thread, which raises it
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run_check, name="dnsep-check", daemon=True)
+    thread.start()
+    try:
+        session = RaySession(ray, connect(ray, address, workers, threads))
+    finally:
+        thread.join()
+    if "error" in outcome:
+        session.close()
+        raise outcome["error"]
+    return outcome["value"], session
+
+
 def run_on_ray(
     jobs: Iterable[Job],
     spec: EnhancerSpec,
@@ -87,16 +126,14 @@ def run_on_ray(
     gpus_per_worker: float = 0.0,
     address: str | None = None,
     on_report: Callable[[Any], None] | None = None,
+    session: RaySession | None = None,
 ) -> list[Any]:
     """Run ``jobs`` on ``workers`` actors; every ``FileReport`` goes to ``on_report`` as it arrives (in the
     order files finish) and the list of them is returned. Jobs that cannot run (``job.error``) are reported
-    without reaching the cluster."""
+    without reaching the cluster. ``session`` (from ``start_beside``) is used and closed; without one, Ray is
+    joined or started here and stopped after."""
     from dnsep_cli.enhance import FileReport
 
-    if workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {workers}")
-    if gpus_per_worker < 0:
-        raise UsageError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
     reports: list[Any] = []
 
     def report(r: Any) -> None:
@@ -104,48 +141,73 @@ def run_on_ray(
         if on_report is not None:
             on_report(r)
 
-    rows, named = [], {}
-    for job in jobs:
-        if job.error is not None or job.output is None:
-            report(FileReport(str(job.input), None, "failed", error=job.error))
-        else:  # absolute paths for the workers (their working folder is not ours), reported as the user named them
-            source, target = (j if isinstance(j, str) else str(j.absolute()) for j in (job.input, job.output))
-            named[source] = (str(job.input), str(job.output))
-            rows.append({"input": source, "output": target, "key": job.key})
-    if not rows:
-        return reports
-    ray = import_ray(local=address is None)
-    started = connect(ray, address, workers, spec.threads)
     try:
-        from ray.data import DataContext
-
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # not its plan and timing on every run
-        context = DataContext.get_current()
-        context.enable_progress_bars = False  # the driver shows its own bar over files and audio hours
-        dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-        results = dataset.map_batches(
-            EnhanceActor,
-            fn_constructor_kwargs={"spec": spec, "options": options},
-            batch_size=1,
-            # Ray Data restarts an actor that dies (max_restarts -1) and runs the row it held again
-            compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
-            num_cpus=spec.threads,
-            num_gpus=gpus_per_worker or None,
-        )
-        try:
-            for row in results.iter_rows():
-                done = FileReport(**json.loads(row["report"]))
-                source, target = done.input, done.output
-                done.input, done.output = named[source]
-                if done.error is not None:  # said of the paths the user gave
-                    done.error = done.error.replace(source, done.input).replace(str(target), str(done.output))
-                report(done)
-        except ray.exceptions.RayError as err:  # e.g. no actor could start: a worker without the model's device
-            raise DnsepError(f"--engine ray: the run failed on the cluster ({first_line(err)})") from None
+        _check_pool(workers, gpus_per_worker)
+        rows, named = [], {}
+        for job in jobs:
+            if job.error is not None or job.output is None:
+                report(FileReport(str(job.input), None, "failed", error=job.error))
+            else:  # absolute paths for the workers (their working folder is not ours), reported as named
+                source, target = (j if isinstance(j, str) else str(j.absolute()) for j in (job.input, job.output))
+                named[source] = (str(job.input), str(job.output))
+                rows.append({"input": source, "output": target, "key": job.key})
+        if not rows:
+            return reports
+        if session is None:
+            ray = import_ray(local=address is None)
+            session = RaySession(ray, connect(ray, address, workers, spec.threads))
+        _run_rows(session.ray, rows, named, spec, options, workers, gpus_per_worker, report)
     finally:
-        if started:
-            ray.shutdown()
+        if session is not None:
+            session.close()
     return reports
+
+
+def _check_pool(workers: int, gpus_per_worker: float) -> None:
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    if gpus_per_worker < 0:
+        raise UsageError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+
+
+def _run_rows(
+    ray: Any,
+    rows: list[dict[str, str]],
+    named: dict[str, tuple[str, str]],
+    spec: EnhancerSpec,
+    options: JobOptions,
+    workers: int,
+    gpus_per_worker: float,
+    report: Callable[[Any], None],
+) -> None:
+    """The rows through an actor pool of Ray Data; each result reported with the paths the user named."""
+    from ray.data import DataContext
+
+    from dnsep_cli.enhance import FileReport
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # not its plan and timing on every run
+    context = DataContext.get_current()
+    context.enable_progress_bars = False  # the driver shows its own bar over files and audio hours
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    results = dataset.map_batches(
+        EnhanceActor,
+        fn_constructor_kwargs={"spec": spec, "options": options},
+        batch_size=1,
+        # Ray Data restarts an actor that dies (max_restarts -1) and runs the row it held again
+        compute=ray.data.ActorPoolStrategy(size=min(workers, len(rows))),
+        num_cpus=spec.threads,
+        num_gpus=gpus_per_worker or None,
+    )
+    try:
+        for row in results.iter_rows():
+            done = FileReport(**json.loads(row["report"]))
+            source, target = done.input, done.output
+            done.input, done.output = named[source]
+            if done.error is not None:  # said of the paths the user gave
+                done.error = done.error.replace(source, done.input).replace(str(target), str(done.output))
+            report(done)
+    except ray.exceptions.RayError as err:  # e.g. no actor could start: a worker without the model's device
+        raise DnsepError(f"--engine ray: the run failed on the cluster ({first_line(err)})") from None
 
 
 def connect(ray: Any, address: str | None, workers: int, threads: int) -> bool:

@@ -207,6 +207,8 @@ def test_without_ray_installed_the_engine_is_one_line_naming_the_extra(tmp_path)
         (["--workers", "2"], "options of --engine ray"),
         (["--engine", "dask"], "unknown --engine 'dask'"),
         (["--engine", "ray", "--workers", "0"], "--workers must be >= 1"),
+        (["--engine", "ray", "--gpus-per-worker", "-1"], "--gpus-per-worker must be >= 0"),
+        (["--engine", "ray", "--model", "no-such-model"], "unknown model 'no-such-model'"),  # checked as Ray starts
     ],
 )
 def test_engine_options_are_checked_in_one_line(tmp_path, extra, message, capsys):

@@ -219,15 +219,22 @@ def enhance(
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
-    # with --engine ray this copy only checks the model and options (one line each) before the cluster starts
-    # (on the CPU: the workers' devices may not exist here)
+
+    def load(where: str, how: str):
+        return Enhancer.from_pretrained(model, device=where, precision=how, **overrides)
+
     if engine == "ray":
         from dnsep_cli.enhance import PRECISIONS
 
         if precision not in PRECISIONS:
             raise UsageError(f"unknown --precision {precision!r}: use {', '.join(PRECISIONS)}")
-    here = ("cpu", "fp32") if engine == "ray" else (device, precision)
-    enhancer = Enhancer.from_pretrained(model, device=here[0], precision=here[1], **overrides)
+        # this copy only checks the model and the options (one line each), on the CPU (the workers' devices may
+        # not exist here); it loads while the cluster starts
+        from dnsep_cli.ray_engine import start_beside
+
+        enhancer, ray_session = start_beside(lambda: load("cpu", "fp32"), ray_address, workers, threads or 1)
+    else:
+        enhancer, ray_session = load(device, precision), None
 
     options = JobOptions(overwrite=overwrite, force=force, format=format, subtype=subtype, seed=seed)
     reports: list[FileReport] = []
@@ -246,11 +253,11 @@ def enhance(
             runner.file_done(report)
 
     try:
-        if engine == "ray":
+        if ray_session is not None:
             from dnsep_cli.ray_engine import EnhancerSpec, run_on_ray
 
             spec = EnhancerSpec(model, device, precision, overrides, threads or 1)
-            run_on_ray(plan.jobs, spec, options, workers, gpus_per_worker, ray_address, done)
+            run_on_ray(plan.jobs, spec, options, workers, gpus_per_worker, ray_address, done, session=ray_session)
         else:
             for job in plan.jobs:
                 progress = runner.file_progress(Path(str(job.input)).name) if runner is not None else None
