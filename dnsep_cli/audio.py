@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -260,13 +261,26 @@ def check_writable_folder(folder: Path) -> None:
 OUTPUT_MARK = "enhanced by dnsep"
 
 
-def is_dnsep_output(path: str | Path) -> bool:
-    """Whether ``path`` is an audio file that dnsep wrote (its comment tag starts with ``OUTPUT_MARK``)."""
+def is_dnsep_output(file: str | Path | BinaryIO) -> bool:
+    """Whether ``file`` (a path, or an open binary file such as fsspec's) is audio that dnsep wrote: its comment
+    tag starts with ``OUTPUT_MARK``."""
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(file if hasattr(file, "read") else str(file)) as f:
             return (f.comment or "").startswith(OUTPUT_MARK)
     except (sf.SoundFileError, RuntimeError, OSError, TypeError):
         return False
+
+
+def skip_existing_output(name: str, ours: Callable[[], bool], overwrite: bool, force: bool) -> bool:
+    """The rule for an output that already exists: ``True`` to skip it (dnsep's own, without ``overwrite``),
+    ``False`` to replace it (dnsep's own with ``overwrite``, or anything with ``force``); any other file is a
+    recording the user did not mean as an output, and ``DnsepError`` leaves it as it is. ``ours()`` reads the
+    tag (``is_dnsep_output``), only when it matters."""
+    if force:
+        return False
+    if not ours():
+        raise DnsepError(f"{name}: exists and is not a dnsep output; left as it is (move it away, or --force)")
+    return not overwrite
 
 
 def write_error(path: Path, err: BaseException) -> DnsepError:

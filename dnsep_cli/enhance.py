@@ -62,6 +62,7 @@ from dnsep_cli.audio import (
     iter_blocks,
     remove_stale_temporaries,
     resolve_output_format,
+    skip_existing_output,
 )
 from dnsep_cli.chunking import Chunk, ChunkLayout, ChunkSplitter, OverlapAdd
 from dnsep_cli.config import SamplerConfig
@@ -527,15 +528,12 @@ class Enhancer:
             raise DnsepError(f"{out_path}: is a folder; give an output file name")
         # replaced only when it is there now: ours with overwrite, or force; one that appears later is kept
         replace_existing = out_path.exists()
-        if replace_existing and not force:
-            if not is_dnsep_output(out_path):
-                raise DnsepError(
-                    f"{out_path}: exists and is not a dnsep output; left as it is (move it away, or --force)"
-                )
-            if not overwrite:
-                report.status = "skipped"
-                report.notes.append("output exists (use --overwrite)")
-                return report
+        if replace_existing and skip_existing_output(
+            str(out_path), lambda: is_dnsep_output(out_path), overwrite, force
+        ):
+            report.status = "skipped"
+            report.notes.append("output exists (use --overwrite)")
+            return report
         check_writable_folder(out_path.parent)
         stale = remove_stale_temporaries(out_path)
         start = time.perf_counter()

@@ -84,13 +84,13 @@ def staged(source: str, target: str, overwrite: bool, force: bool) -> Iterator[t
     The caller enhances ``input`` into ``output``; on a clean exit the output is uploaded and moved onto
     ``target``. Nothing is uploaded when the body raises, and the local folder is always removed.
     """
+    from dnsep_cli.audio import skip_existing_output
+
     out_fs, out_path = filesystem(target if is_url(target) else Path(target).absolute().as_uri())
-    if out_fs.exists(out_path) and not force:
-        if not overwrite:
-            yield None
-            return
-        if not _is_dnsep_output(out_fs, out_path):
-            raise DnsepError(f"{target}: exists and dnsep did not write it; --force replaces it")
+    ours = lambda: _is_dnsep_output(out_fs, out_path)  # noqa: E731
+    if out_fs.exists(out_path) and skip_existing_output(target, ours, overwrite, force):
+        yield None
+        return
     in_fs, in_path = filesystem(source if is_url(source) else Path(source).absolute().as_uri())
     with tempfile.TemporaryDirectory(prefix="dnsep-url-") as folder:
         local_in = Path(folder) / ("in" + posixpath.splitext(in_path)[1])
@@ -112,12 +112,10 @@ def staged(source: str, target: str, overwrite: bool, force: bool) -> Iterator[t
 
 
 def _is_dnsep_output(fs: Any, path: str) -> bool:
-    import soundfile as sf
-
-    from dnsep_cli.audio import OUTPUT_MARK
+    from dnsep_cli.audio import is_dnsep_output
 
     try:
-        with fs.open(path, "rb") as f, sf.SoundFile(f) as audio:
-            return (audio.comment or "").startswith(OUTPUT_MARK)
-    except (OSError, RuntimeError, sf.SoundFileError):
+        with fs.open(path, "rb") as f:
+            return is_dnsep_output(f)
+    except OSError:
         return False
