@@ -331,12 +331,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise UsageError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` when it is one of ``PRECISIONS``; one usage error otherwise."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {precision!r}: use {', '.join(PRECISIONS)}")
+    return precision
+
+
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     import torch
 
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown --precision {precision!r}: use {', '.join(PRECISIONS)}")
-    if precision == "fp32":
+    if check_precision(precision) == "fp32":
         return None
     if precision == "fp16" and device.type != "cuda":
         raise UsageError("--precision fp16 needs a CUDA device (bf16 works on CPU too)")

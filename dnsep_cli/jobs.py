@@ -320,24 +320,16 @@ def run_job(enhancer, job: Job, options: JobOptions, progress=None):
     for a file's own failure, so one bad file never stops a batch. A usage error (the run's own options) still
     raises. The file's seed derives from the run's seed and ``job.key``, so any engine, order or worker gives
     the same output."""
-    from dnsep_cli.enhance import FileReport, file_seed
+    from dnsep_cli.enhance import FileReport
     from dnsep_cli.errors import DnsepError, first_line
 
-    if job.error is not None or job.output is None:
-        return FileReport(str(job.input), None, "failed", error=job.error)
+    refused = unrunnable(job)
+    if refused is not None:
+        return refused
     try:
         if is_url(job.input) or is_url(job.output):
             return _run_url_job(enhancer, job, options, progress)
-        return enhancer.enhance_file(
-            job.input,
-            job.output,
-            overwrite=options.overwrite,
-            force=options.force,
-            format=options.format,
-            subtype=options.subtype,
-            seed=file_seed(options.seed, job.key),
-            progress=progress,
-        )
+        return _enhance(enhancer, job.input, job.output, job, options, progress)
     except UsageError:
         raise
     except DnsepError as err:
@@ -348,9 +340,35 @@ def run_job(enhancer, job: Job, options: JobOptions, progress=None):
         return FileReport(str(job.input), str(job.output), "failed", error=error)
 
 
+def unrunnable(job: Job):
+    """The failed ``FileReport`` of a job that planning already refused (``job.error``), else ``None``: what
+    every engine reports for it without running anything."""
+    from dnsep_cli.enhance import FileReport
+
+    if job.error is not None or job.output is None:
+        return FileReport(str(job.input), None, "failed", error=job.error)
+    return None
+
+
+def _enhance(enhancer, source: Path, target: Path, job: Job, options: JobOptions, progress):
+    """``enhance_file`` with the run's options and the job's own seed."""
+    from dnsep_cli.enhance import file_seed
+
+    return enhancer.enhance_file(
+        source,
+        target,
+        overwrite=options.overwrite,
+        force=options.force,
+        format=options.format,
+        subtype=options.subtype,
+        seed=file_seed(options.seed, job.key),
+        progress=progress,
+    )
+
+
 def _run_url_job(enhancer, job: Job, options: JobOptions, progress):
     """``run_job`` for an input or output named by URL: through local files (``remote.staged``)."""
-    from dnsep_cli.enhance import FileReport, file_seed
+    from dnsep_cli.enhance import FileReport
     from dnsep_cli.errors import DnsepError
     from dnsep_cli.remote import staged
 
@@ -358,15 +376,8 @@ def _run_url_job(enhancer, job: Job, options: JobOptions, progress):
     with staged(source, target, options.overwrite, options.force) as local:
         if local is None:
             return FileReport(source, target, "skipped")
-        try:
-            report = enhancer.enhance_file(
-                local[0],
-                local[1],
-                format=options.format,
-                subtype=options.subtype,
-                seed=file_seed(options.seed, job.key),
-                progress=progress,
-            )
+        try:  # the local output does not exist yet: staged() applied the rules for the target
+            report = _enhance(enhancer, local[0], local[1], job, options, progress)
         except DnsepError as err:  # said of the URLs, not of the temporary copies
             raise DnsepError(str(err).replace(str(local[0]), source).replace(str(local[1]), target)) from None
     report.input, report.output = source, target

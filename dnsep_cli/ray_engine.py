@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dnsep_cli.errors import DnsepError, MissingExtraError, UsageError, first_line
-from dnsep_cli.jobs import Job, JobOptions
+from dnsep_cli.jobs import Job, JobOptions, unrunnable
 from dnsep_cli.remote import is_url
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # 0: Ray's single-node mode, on the loopback interface
@@ -73,8 +73,8 @@ class EnhanceActor:
             job = Job(*(name if is_url(name) else Path(name) for name in (source, target)), key=str(key))
             try:
                 report = run_job(self.enhancer, job, self.options)
-            except DnsepError as err:  # a usage error raised in a worker is still this file's failure
-                report = FileReport(str(source), str(target), "failed", error=str(err))
+            except UsageError as err:  # the one error run_job raises: in a worker it is still this file's failure
+                report = FileReport(source, target, "failed", error=str(err))
             reports.append(json.dumps(report.to_dict()))
         return {"report": reports}
 
@@ -132,8 +132,6 @@ def run_on_ray(
     order files finish) and the list of them is returned. Jobs that cannot run (``job.error``) are reported
     without reaching the cluster. ``session`` (from ``start_beside``) is used and closed; without one, Ray is
     joined or started here and stopped after."""
-    from dnsep_cli.enhance import FileReport
-
     reports: list[Any] = []
 
     def report(r: Any) -> None:
@@ -145,8 +143,9 @@ def run_on_ray(
         _check_pool(workers, gpus_per_worker)
         rows, named = [], {}
         for job in jobs:
-            if job.error is not None or job.output is None:
-                report(FileReport(str(job.input), None, "failed", error=job.error))
+            refused = unrunnable(job)
+            if refused is not None:
+                report(refused)
             else:  # absolute paths for the workers (their working folder is not ours), reported as named
                 source, target = (j if isinstance(j, str) else str(j.absolute()) for j in (job.input, job.output))
                 named[source] = (str(job.input), str(job.output))

@@ -31,8 +31,10 @@ def is_url(name: str | Path) -> bool:
     return bool(sep) and scheme.isidentifier() and len(scheme) > 1  # "C://" on Windows is a drive
 
 
-def filesystem(url: str) -> tuple[Any, str]:
-    """``(fsspec filesystem, path inside it)`` of ``url``; one line when fsspec or the protocol is missing."""
+def filesystem(name: str) -> tuple[Any, str]:
+    """``(fsspec filesystem, path inside it)`` of a URL or a local path; one line when fsspec or the protocol
+    is missing."""
+    url = name if is_url(name) else Path(name).absolute().as_uri()
     try:
         import fsspec
     except ImportError:
@@ -49,10 +51,10 @@ def plan_url_jobs(names: list[str], output: str, exts: tuple[str, ...], new_ext:
     from dnsep_cli.jobs import Job
 
     jobs = []
-    out_fs, out_root = filesystem(output if is_url(output) else Path(output).absolute().as_uri())
+    out_fs, out_root = filesystem(output)
     single = len(names) == 1 and not str(output).endswith("/")
     for name in names:
-        fs, root = filesystem(name if is_url(name) else Path(name).absolute().as_uri())
+        fs, root = filesystem(name)
         if fs.isdir(root):
             files = sorted(p for p in fs.find(root) if posixpath.splitext(p)[1].lower() in exts)
             if not files:
@@ -86,12 +88,12 @@ def staged(source: str, target: str, overwrite: bool, force: bool) -> Iterator[t
     """
     from dnsep_cli.audio import skip_existing_output
 
-    out_fs, out_path = filesystem(target if is_url(target) else Path(target).absolute().as_uri())
+    out_fs, out_path = filesystem(target)
     ours = lambda: _is_dnsep_output(out_fs, out_path)  # noqa: E731
     if out_fs.exists(out_path) and skip_existing_output(target, ours, overwrite, force):
         yield None
         return
-    in_fs, in_path = filesystem(source if is_url(source) else Path(source).absolute().as_uri())
+    in_fs, in_path = filesystem(source)
     with tempfile.TemporaryDirectory(prefix="dnsep-url-") as folder:
         local_in = Path(folder) / ("in" + posixpath.splitext(in_path)[1])
         local_out = Path(folder) / "out" / posixpath.basename(out_path)

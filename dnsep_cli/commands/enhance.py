@@ -224,10 +224,9 @@ def enhance(
         return Enhancer.from_pretrained(model, device=where, precision=how, **overrides)
 
     if engine == "ray":
-        from dnsep_cli.enhance import PRECISIONS
+        from dnsep_cli.enhance import check_precision
 
-        if precision not in PRECISIONS:
-            raise UsageError(f"unknown --precision {precision!r}: use {', '.join(PRECISIONS)}")
+        check_precision(precision)  # here: the check below runs on the CPU in fp32
         # this copy only checks the model and the options (one line each), on the CPU (the workers' devices may
         # not exist here); it loads while the cluster starts
         from dnsep_cli.ray_engine import start_beside
