@@ -66,6 +66,11 @@ def train(
         help="Weight of a one-sided log-magnitude term (0: off) that prices only what the estimate leaves above "
         "the clean speech: residual noise, not missing speech.",
     ),
+    sisdr_weight: float = typer.Option(
+        0.0,
+        min=0,
+        help="Weight of a negative SI-SDR term (in dB, on the waveforms) in the spectrum losses (0: off).",
+    ),
     snr_low: float = typer.Option(-5.0, help="Lowest training SNR in dB."),
     snr_high: float = typer.Option(20.0, help="Highest training SNR in dB."),
     p_reverb: float = typer.Option(0.2, min=0, max=1),

@@ -107,6 +107,8 @@ class TrainConfig:
     log_weight: float = 0.0
     # weight of log_residual_loss in every spectrum loss (0: off): residual noise alone, not missing speech
     residual_weight: float = 0.0
+    # weight of si_sdr_loss (negative SI-SDR in dB of the waveforms) in every spectrum loss (0: off)
+    sisdr_weight: float = 0.0
     val_sampler: dict[str, Any] = field(default_factory=dict)  # SamplerConfig overrides for validation
     # validate the one-shot estimate x0_hat = D(x_T, y, T) + post-filter (steps 0, 1 NFE): cheap, and it tracks
     # the network's progress whatever sampler is chosen later
@@ -157,6 +159,19 @@ def log_residual_loss(estimate: torch.Tensor, target: torch.Tensor, floor: float
     return _log_ratio(estimate, target, floor).clamp_min(0).mean(dims)
 
 
+def si_sdr_loss(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-example negative SI-SDR in dB of waveforms ``(B, M, L)``, averaged over channels: ``(B,)``.
+
+    ``SI-SDR = 10 log10(|a s|^2 / |a s - s_hat|^2)`` with ``a = <s_hat, s> / |s|^2`` (Le Roux et al. 2019, "SDR -
+    half-baked or well done?"). It prices the error as a share of the speech, whatever the level, and on the
+    waveform, phase included: what the magnitude terms of ``spectrum_loss`` leave to the complex term alone.
+    """
+    scale = (estimate * target).sum(-1, keepdim=True) / (target.pow(2).sum(-1, keepdim=True) + eps)
+    projection = scale * target
+    ratio = projection.pow(2).sum(-1) / ((projection - estimate).pow(2).sum(-1) + eps)
+    return -10 * torch.log10(ratio + eps).mean(-1)
+
+
 def _log_ratio(estimate: torch.Tensor, target: torch.Tensor, floor: float) -> torch.Tensor:
     return (estimate.abs() + floor).log() - (target.abs() + floor).log()
 
@@ -164,10 +179,18 @@ def _log_ratio(estimate: torch.Tensor, target: torch.Tensor, floor: float) -> to
 @dataclass(frozen=True)
 class SpectrumLoss:
     """The spectrum loss of every estimate in training: ``spectrum_loss``, plus ``log_weight`` times
-    ``log_magnitude_loss`` and ``residual_weight`` times ``log_residual_loss`` (each off at 0)."""
+    ``log_magnitude_loss``, ``residual_weight`` times ``log_residual_loss`` and ``sisdr_weight`` times
+    ``si_sdr_loss`` of the waveforms (each off at 0). ``waveform`` maps a compressed spectrogram
+    ``(B, M, F, T)`` to its waveform ``(B, M, L)``; the SI-SDR term needs it."""
 
     log_weight: float = 0.0
     residual_weight: float = 0.0
+    sisdr_weight: float = 0.0
+    waveform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sisdr_weight > 0 and self.waveform is None:
+            raise ValueError("the SI-SDR term needs the waveform of a spectrogram")
 
     def __call__(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = spectrum_loss(estimate, target)
@@ -175,6 +198,9 @@ class SpectrumLoss:
             loss = loss + self.log_weight * log_magnitude_loss(estimate, target)
         if self.residual_weight > 0:
             loss = loss + self.residual_weight * log_residual_loss(estimate, target)
+        if self.sisdr_weight > 0 and estimate.shape[0] > 0:  # an empty share of a batch has no waveform
+            assert self.waveform is not None  # __post_init__
+            loss = loss + self.sisdr_weight * si_sdr_loss(self.waveform(estimate), self.waveform(target))
         return loss
 
 
@@ -494,7 +520,7 @@ class Trainer:
         idx, weights = self.t_sampler.sample(x0.shape[0] - n_one_shot, generator=self.torch_rng)
         t = self.t_grid[idx].to(self.device)
         z_gen = self.torch_rng if self.device.type == "cpu" else None
-        w, lw = cfg.postfilter_weight, SpectrumLoss(cfg.log_weight, cfg.residual_weight)
+        w, lw = cfg.postfilter_weight, self.spectrum_loss()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             end = x0.shape[0]
             loss, pf_loss = training_loss(
@@ -523,6 +549,17 @@ class Trainer:
             "pf_loss": float(torch.cat([pf_one_shot, pf_loss]).detach().mean()),
             "grad_norm": float(grad_norm),
         }
+
+    def spectrum_loss(self) -> SpectrumLoss:
+        """The configured loss on every estimate; the SI-SDR term reads spectrograms of ``T`` frames back as
+        ``(T - 1) hop`` samples, the length of a centred STFT's input."""
+        hop = self.model.config.stft.hop_length
+        return SpectrumLoss(
+            self.cfg.log_weight,
+            self.cfg.residual_weight,
+            self.cfg.sisdr_weight,
+            waveform=lambda spec: self.model.waveform(spec, (spec.shape[-1] - 1) * hop),
+        )
 
     # -- validation ------------------------------------------------------------------------------------------
     def ema_model(self) -> ScoreModel:

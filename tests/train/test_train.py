@@ -560,3 +560,40 @@ def test_a_run_is_set_up_and_trained_from_python_as_the_command_does(tmp_path):
     assert options == {f.name for f in fields(RunSpec)}
     with pytest.raises(UsageError, match="already holds a run"):
         prepare_run(spec)
+
+
+def test_si_sdr_loss_known_values_and_scale_invariance() -> None:
+    from dnsep_cli.train.trainer import si_sdr_loss
+
+    t = torch.arange(64, dtype=torch.float64)
+    speech = torch.sin(2 * math.pi * t / 16)
+    orthogonal = torch.cos(2 * math.pi * t / 16)  # <orthogonal, speech> = 0 over whole periods
+    # 2 s + n with |n|^2 = |2 s|^2 / 10: 10 dB; and a second channel at 20 dB
+    n10 = orthogonal * (2 * speech).norm() / orthogonal.norm() / math.sqrt(10)
+    n20 = orthogonal * speech.norm() / orthogonal.norm() / 10
+    estimate = torch.stack([2 * speech + n10, speech + n20])[None]  # (1, 2, L)
+    target = torch.stack([speech, speech])[None]
+    torch.testing.assert_close(si_sdr_loss(estimate, target), torch.tensor([-15.0], dtype=torch.float64))
+    # the level of the estimate does not matter; a perfect estimate is far better than any noisy one
+    torch.testing.assert_close(si_sdr_loss(-3 * estimate, target), si_sdr_loss(estimate, target))
+    assert si_sdr_loss(target, target) < -60
+
+
+def test_the_si_sdr_term_reads_the_estimate_as_a_waveform(tmp_path) -> None:
+    from dnsep_cli.train.trainer import SpectrumLoss, si_sdr_loss
+
+    with pytest.raises(ValueError, match="waveform"):
+        SpectrumLoss(sisdr_weight=1.0)
+    trainer = Trainer(_config(tmp_path, sisdr_weight=0.5), tiny_model_config(), synthetic_batches)
+    loss = trainer.spectrum_loss()
+    batch = synthetic_batches(2, np.random.default_rng(0))
+    hop = trainer.model.config.stft.hop_length
+    length = (batch["clean"].shape[-1] // hop) * hop
+    clean, noisy = batch["clean"][..., :length], batch["noisy"][..., :length]
+    x0, y = trainer.model.spectrogram(clean), trainer.model.spectrogram(noisy)
+    # the spectrogram of a (T - 1) hop-sample waveform reads back as that waveform
+    torch.testing.assert_close(loss.waveform(x0), clean, atol=1e-5, rtol=0)
+    expected = spectrum_loss(y, x0) + 0.5 * si_sdr_loss(noisy, clean)
+    torch.testing.assert_close(loss(y, x0), expected, atol=1e-4, rtol=1e-4)
+    stats = trainer.step()
+    assert math.isfinite(stats["loss"]) and math.isfinite(stats["pf_loss"])
