@@ -23,8 +23,10 @@ def average_models(
     """The soup of the model folders ``folders``, each weighted by ``weights`` (default: evenly).
 
     Every folder must hold the same network (its config may differ only in ``name`` and ``sampler``, which
-    say nothing of the weights); the soup takes ``config`` if given, else the first folder's. Raises
-    ``ValueError`` on networks that differ or on weights that are not shares summing to 1.
+    say nothing of the weights); the soup takes ``config`` if given, else the first folder's. A given
+    ``config`` obeys the same rule: it may rename the soup or change its sampler, not its network (another
+    SDE or transform would load the same tensors and mean something else). Raises ``ValueError`` on networks
+    that differ or on weights that are not shares summing to 1.
     """
     if not folders:
         raise ValueError("a soup needs at least one model")
@@ -34,8 +36,12 @@ def average_models(
     models = [ScoreModel.from_pretrained(folder) for folder in folders]
     first = models[0].config
     for folder, model in zip(folders, models, strict=True):
-        if replace(model.config, name=first.name, sampler=first.sampler) != first:
+        if not _same_network(model.config, first):
             raise ValueError(f"{folder} holds another network than {folders[0]}; only the same network averages")
+    if config is not None and not _same_network(config, first):
+        raise ValueError(
+            f"the config given describes another network than {folders[0]}; only name and sampler may change"
+        )
     soup = ScoreModel(config if config is not None else first)
     states = [model.state_dict() for model in models]
     mean = {
@@ -46,3 +52,8 @@ def average_models(
     }
     soup.load_state_dict(mean, strict=True)
     return soup.eval()
+
+
+def _same_network(a: ModelConfig, b: ModelConfig) -> bool:
+    """Configs that differ at most in ``name`` and ``sampler``: the same tensors mean the same thing."""
+    return replace(a, name=b.name, sampler=b.sampler) == b

@@ -48,3 +48,20 @@ def test_a_soup_refuses_other_networks_and_bad_weights(tmp_path) -> None:
             average_models([tmp_path / "a", tmp_path / "a"], weights=weights)
     with pytest.raises(ValueError, match="at least one"):
         average_models([])
+
+
+def test_a_given_config_may_rename_and_resample_but_not_change_the_network(tmp_path) -> None:
+    _saved(tmp_path / "a", 1)
+    _saved(tmp_path / "b", 2)
+    base = tiny_model_config()
+    named = replace(base, name="soup", sampler=SamplerConfig(corrector="none", steps=1, passes=2))
+    soup = average_models([tmp_path / "a", tmp_path / "b"], config=named)
+    assert (soup.config.name, soup.config.sampler.passes) == ("soup", 2)
+    # same tensor shapes, other meaning: the strict load would take them, the config check must not
+    other_sde = replace(
+        base, sde=replace(base.sde, params={**base.sde.params, "sigma_max": 2 * base.sde.params["sigma_max"]})
+    )
+    other_transform = replace(base, transform=replace(base.transform, alpha=1.0))
+    for config in (other_sde, other_transform):
+        with pytest.raises(ValueError, match="another network"):
+            average_models([tmp_path / "a", tmp_path / "b"], config=config)
