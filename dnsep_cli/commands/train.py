@@ -87,6 +87,12 @@ def train(
     pool: Path | None = typer.Option(
         None, help="Folder of the front-end's cached mixture pool (default OUT_DIR/pool); built or resumed first."
     ),
+    extra_pool: list[Path] = typer.Option(
+        [],
+        "--extra-pool",
+        help="A built front-end pool (another run's --pool) to train on beside --pool, e.g. one of hard noises; "
+        "repeatable. Items are drawn evenly over all pools, so each weighs by its size.",
+    ),
     pool_items: int = typer.Option(6000, min=1, help="Mixtures in the front-end pool."),
     pool_seconds: float = typer.Option(
         3.0, min=0.5, max=60.0, help="Length of each pooled mixture (crops of it train)."

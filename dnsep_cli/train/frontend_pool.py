@@ -20,7 +20,7 @@ import json
 import math
 import multiprocessing as mp
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,25 @@ def build_pool(
     return folder
 
 
+def _read_params(folder: Path) -> dict[str, Any]:
+    params_file = folder / PARAMS_FILE
+    if not params_file.is_file():
+        raise UsageError(f"{folder}: no front-end pool here ({PARAMS_FILE} missing)")
+    return json.loads(params_file.read_text())
+
+
+def _open_shards(folder: Path, params: dict[str, Any]) -> list[np.ndarray]:
+    """The pool's shards, memory-mapped, in item order."""
+    size, items = params["shard_size"], params["items"]
+    shards = []
+    for k in range(math.ceil(items / size)):
+        path = _shard_path(folder, k)
+        if not path.is_file():
+            raise UsageError(f"{folder}: the pool is incomplete ({path.name} missing); build it first")
+        shards.append(np.load(path, mmap_mode="r"))
+    return shards
+
+
 def _shard_items(path: Path) -> int:
     try:
         return int(np.load(path, mmap_mode="r").shape[0])
@@ -142,24 +161,29 @@ def _shard_items(path: Path) -> int:
 
 
 class FrontEndPool:
-    """The cached pool, memory-mapped: random crops of ``segment`` samples as training batches."""
+    """The cached pool, memory-mapped: random crops of ``segment`` samples as training batches.
 
-    def __init__(self, folder: Path, segment_seconds: float) -> None:
-        folder = Path(folder)
-        params_file = folder / PARAMS_FILE
-        if not params_file.is_file():
-            raise UsageError(f"{folder}: no front-end pool here ({PARAMS_FILE} missing)")
-        self.params = json.loads(params_file.read_text())
-        size, items = self.params["shard_size"], self.params["items"]
-        self.shards = []
-        for k in range(math.ceil(items / size)):
-            path = _shard_path(folder, k)
-            if not path.is_file():
-                raise UsageError(f"{folder}: the pool is incomplete ({path.name} missing); build it first")
-            self.shards.append(np.load(path, mmap_mode="r"))
+    ``folder`` may be several pools (a broad pool and one of hard cases, say): training draws evenly over the
+    items of all of them, so each pool weighs by its size. They must hold one front-end's estimates at one
+    sample rate; their mixing and lengths may differ (a crop is at most the shortest item).
+    """
+
+    def __init__(self, folder: Path | Sequence[Path], segment_seconds: float) -> None:
+        folders = [Path(folder)] if isinstance(folder, str | Path) else [Path(f) for f in folder]
+        if not folders:
+            raise UsageError("no front-end pool given")
+        params = [_read_params(f) for f in folders]
+        self.params = params[0]
+        same = ("frontend", "frontend_version", "sample_rate")
+        for f, p in zip(folders[1:], params[1:], strict=True):
+            if any(p[k] != self.params[k] for k in same):
+                theirs = ", ".join(f"{k} {p[k]}" for k in same)
+                ours = ", ".join(f"{k} {self.params[k]}" for k in same)
+                raise UsageError(f"{f}: a pool of {theirs} cannot train beside {folders[0]} ({ours})")
+        self.shards = [shard for f, p in zip(folders, params, strict=True) for shard in _open_shards(f, p)]
         self.sizes = np.array([s.shape[0] for s in self.shards])
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
-        self.length = int(self.shards[0].shape[-1])
+        self.length = min(int(s.shape[-1]) for s in self.shards)
         self.segment = min(self.length, round(segment_seconds * self.params["sample_rate"]))
 
     def __len__(self) -> int:
@@ -175,7 +199,8 @@ class FrontEndPool:
         rows = []
         for _ in range(batch_size):
             i = int(generator.integers(len(self)))
-            start = int(generator.integers(self.length - self.segment + 1))
-            rows.append(self.item(i)[:, start : start + self.segment])
+            item = self.item(i)
+            start = int(generator.integers(item.shape[-1] - self.segment + 1))
+            rows.append(item[:, start : start + self.segment])
         stacked = torch.from_numpy(np.stack(rows))  # (B, 3, L)
         return {name: stacked[:, j : j + 1].contiguous() for j, name in enumerate(("clean", "noisy", "estimate"))}

@@ -76,6 +76,7 @@ class RunSpec:
     seed: int = 0
     # the front-end's pool
     pool: Path | None = None
+    extra_pool: Sequence[Path] = ()  # built pools trained on beside the run's own
     pool_items: int = 6000
     pool_seconds: float = 3.0
     pool_workers: int = 1
@@ -147,6 +148,8 @@ def _check_choices(spec: RunSpec) -> None:
         raise UsageError("--speech and --noise go together")
     if spec.pairs is not None and spec.frontend != "none":
         raise UsageError("--frontend trains on a pool of dynamic mixtures: use --corpus or --speech with --noise")
+    if spec.extra_pool and spec.frontend == "none":
+        raise UsageError("--extra-pool adds front-end pools: it needs --frontend")
     check_run_folder(spec.out_dir)
     state = spec.out_dir / "state.pt"
     if spec.resume and not state.is_file():
@@ -308,12 +311,16 @@ def _frontend_pool(
         frontend, fe.info.version, dataset.sample_rate, spec.seed, spec.pool_items, 100, asdict(mix), sources
     )
     build_pool(folder, pool_mixer, lambda: build_frontend(frontend), params, spec.pool_workers, progress)
+    pool = FrontEndPool([folder, *spec.extra_pool], spec.segment_seconds)
     note = (
         f"A fixed pool of {spec.pool_items} dynamic mixtures of {mix.segment_seconds:g} s (seeded, mixing settings: "
         f"{json.dumps(asdict(mix), default=str)}), each with the {fe.info.description} estimate; "
         f"training crops of {spec.segment_seconds:g} s."
     )
-    return FrontEndPool(folder, spec.segment_seconds), note
+    if spec.extra_pool:
+        extra = ", ".join(f"`{p}`" for p in spec.extra_pool)
+        note += f" Beside it the built pools {extra}: {len(pool)} items in all, drawn evenly."
+    return pool, note
 
 
 def _data_note(root: Path | None, n_speech: int, n_noise: int, mix: object) -> str:

