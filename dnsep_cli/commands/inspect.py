@@ -120,7 +120,11 @@ def _frontend_info(cfg) -> dict[str, Any] | None:
     from dnsep_cli.errors import DnsepError
     from dnsep_cli.frontend import build_frontend
 
-    info: dict[str, Any] = {"name": cfg.frontend.name, "settings": cfg.frontend.params or None}
+    info: dict[str, Any] = {
+        "name": cfg.frontend.name,
+        "settings": cfg.frontend.params or None,
+        "guard_db": cfg.frontend.guard_db,
+    }
     try:
         frontend = build_frontend(cfg.frontend.name, cfg.frontend.params)
     except DnsepError as err:
@@ -175,10 +179,15 @@ def _print_summary(info: dict[str, Any]) -> None:
     elif "unavailable" in fe:
         row("front-end", f"{fe['name']}, cannot load here: {fe['unavailable']}")
     else:
+        guard = (
+            "no level guard"
+            if fe["guard_db"] is None
+            else f"guard: each bin at most {fe['guard_db']:g} dB over the estimate's loudest frame"
+        )
         row(
             "front-end",
             f"{fe['name']}: {fe['description']}, {fe['version']}; runs at {fe['sample_rate']} Hz in hops of "
-            f"{fe['hop']}, its lag of {fe['delay']} samples removed; full band kept above the model's rate",
+            f"{fe['hop']}, its lag of {fe['delay']} samples removed; full band kept above the model's rate; {guard}",
         )
     row(
         "STFT",
