@@ -22,11 +22,11 @@ def average_models(
 ) -> ScoreModel:
     """The soup of the model folders ``folders``, each weighted by ``weights`` (default: evenly).
 
-    Every folder must hold the same network (its config may differ only in ``name`` and ``sampler``, which
-    say nothing of the weights); the soup takes ``config`` if given, else the first folder's. A given
-    ``config`` obeys the same rule: it may rename the soup or change its sampler, not its network (another
-    SDE or transform would load the same tensors and mean something else). Raises ``ValueError`` on networks
-    that differ or on weights that are not shares summing to 1.
+    Every folder must hold the same network: its config may differ only in ``name``, ``sampler`` and
+    ``frontend.guard_db``, which say nothing of the weights. The soup takes ``config`` if given, else the first
+    folder's. A given ``config`` obeys the same rule: it may rename the soup or change its sampler or guard,
+    not its network (another SDE or transform would load the same tensors and mean something else). Raises
+    ``ValueError`` on networks that differ or on weights that are not shares summing to 1.
     """
     if not folders:
         raise ValueError("a soup needs at least one model")
@@ -55,5 +55,9 @@ def average_models(
 
 
 def _same_network(a: ModelConfig, b: ModelConfig) -> bool:
-    """Configs that differ at most in ``name`` and ``sampler``: the same tensors mean the same thing."""
-    return replace(a, name=b.name, sampler=b.sampler) == b
+    """Configs that differ at most in ``name``, ``sampler`` and the front-end's level guard (inference settings):
+    the same tensors mean the same thing."""
+    fe = a.frontend
+    if fe is not None and b.frontend is not None:
+        fe = replace(fe, guard_db=b.frontend.guard_db)
+    return replace(a, name=b.name, sampler=b.sampler, frontend=fe) == b

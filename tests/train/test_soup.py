@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_model_config
 
-from dnsep_cli.config import SamplerConfig
+from dnsep_cli.config import FrontEndConfig, SamplerConfig
 from dnsep_cli.model import ScoreModel
 from dnsep_cli.train.soup import average_models
 
@@ -65,3 +65,23 @@ def test_a_given_config_may_rename_and_resample_but_not_change_the_network(tmp_p
     for config in (other_sde, other_transform):
         with pytest.raises(ValueError, match="another network"):
             average_models([tmp_path / "a", tmp_path / "b"], config=config)
+
+
+def test_folders_that_differ_only_in_their_guard_average(tmp_path) -> None:
+    """The front-end's level guard is an inference setting: a guarded and an unguarded folder of one network
+    make a soup; another front-end does not."""
+    base = tiny_model_config()
+    fe_config = replace(
+        base,
+        frontend=FrontEndConfig("dfn3", guard_db=3.0),
+        backbone=replace(base.backbone, params={**base.backbone.params, "estimate": True}),
+    )
+    torch.manual_seed(1)
+    ScoreModel(fe_config).save_pretrained(tmp_path / "guarded")
+    torch.manual_seed(2)
+    ScoreModel(replace(fe_config, frontend=FrontEndConfig("dfn3"))).save_pretrained(tmp_path / "plain")
+    soup = average_models([tmp_path / "guarded", tmp_path / "plain"])
+    assert soup.config.frontend == FrontEndConfig("dfn3", guard_db=3.0)  # the first folder's
+    other = replace(fe_config, frontend=FrontEndConfig("dfn3", params={"atten_lim_db": 12}))
+    with pytest.raises(ValueError, match="another network"):
+        average_models([tmp_path / "guarded", tmp_path / "plain"], config=other)
