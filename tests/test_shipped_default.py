@@ -25,16 +25,18 @@ from dnsep_cli.train.trainer import grow_with_frontend, with_frontend
 
 def test_the_default_is_dnsep_base_grown_by_dfn3() -> None:
     """The folder's config is what ``dnsep convert dnsep-base models/dnsep-dfn3 --frontend dfn3`` writes (its
-    card's rebuild command for the untrained start) with the sampler's ``passes`` 2; the weights are the trained
+    card's rebuild command for the untrained start) with the sampler's ``passes`` 2 and the level guard at 3 dB
+    (``frontend.guard_db``); the weights are the trained
     ones, every tensor present with the grown network's shape; the card credits DeepFilterNet3."""
     source = resolve_model(None)
     assert (DEFAULT_MODEL, source.name, source.kind) == ("dnsep-dfn3", "dnsep-dfn3", "shipped")
     shipped = load_model(source)
     base_folder = resolve_model("dnsep-base").folder
-    assert shipped.config.frontend == FrontEndConfig("dfn3")
+    assert shipped.config.frontend == FrontEndConfig("dfn3", guard_db=3.0)
     grown_config = replace(with_frontend(ModelConfig.load(base_folder), "dfn3"), name="dnsep-dfn3")
     # the card's sampler: two passes of the one-shot estimate, the second conditioned on the first
-    assert shipped.config == replace(grown_config, sampler=replace(grown_config.sampler, passes=2))
+    sampler = replace(grown_config.sampler, passes=2)
+    assert shipped.config == replace(grown_config, sampler=sampler, frontend=FrontEndConfig("dfn3", guard_db=3.0))
     grown = grow_with_frontend(base_folder, "dfn3", name="dnsep-dfn3").state_dict()
     own = shipped.state_dict()
     assert {k: v.shape for k, v in own.items()} == {k: v.shape for k, v in grown.items()}
