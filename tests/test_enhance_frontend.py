@@ -180,4 +180,9 @@ def test_inspect_shows_the_frontend(tmp_path: Path) -> None:
     save_tiny_model(tmp_path / "m", backbone=BackboneConfig("test_blend", {}), frontend=FrontEndConfig("dfn3"))
     info = describe_model(str(tmp_path / "m"))["frontend"]
     assert (info["name"], info["sample_rate"], info["hop"], info["delay"]) == ("dfn3", 48000, 480, 1440)
+    assert info["guard_db"] is None
+    save_tiny_model(
+        tmp_path / "g", backbone=BackboneConfig("test_blend", {}), frontend=FrontEndConfig("dfn3", guard_db=3.0)
+    )
+    assert describe_model(str(tmp_path / "g"))["frontend"]["guard_db"] == 3.0
     assert describe_model(str(save_tiny_model(tmp_path / "plain")))["frontend"] is None

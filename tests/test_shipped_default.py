@@ -80,4 +80,10 @@ def test_inspect_shows_the_default_front_end(capsys) -> None:
     code, out, _ = run_cli(["inspect", "--json"], capsys)
     info = json.loads(out)
     assert code == 0 and info["name"] == "dnsep-dfn3"
-    assert (info["frontend"]["name"], info["frontend"]["sample_rate"]) == ("dfn3", 48000)
+    assert (info["frontend"]["name"], info["frontend"]["sample_rate"], info["frontend"]["guard_db"]) == (
+        "dfn3",
+        48000,
+        3.0,
+    )
+    code, out, _ = run_cli(["inspect"], capsys)
+    assert code == 0 and "guard: each bin at most 3 dB" in " ".join(out.split())
