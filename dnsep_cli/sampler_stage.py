@@ -132,7 +132,7 @@ def enhance_spectrogram(
     return x_hat, nfe
 
 
-def _waveform_length(model: ScoreModel, frames: int) -> int:
+def waveform_length(model: ScoreModel, frames: int) -> int:
     """The waveform length whose STFT has ``frames`` frames (``center=True``: ``1 + L // hop``)."""
     hop = model.config.stft.hop_length
     return (frames - 1) * hop if model.config.stft.center else (frames - 1) * hop + model.config.stft.n_fft
@@ -145,7 +145,7 @@ def renormalized(model: ScoreModel, x_hat: torch.Tensor, y: torch.Tensor) -> tup
     """
     if model.config.normalize != "peak":
         return x_hat, torch.ones(x_hat.shape[0], device=x_hat.device, dtype=x_hat.real.dtype)
-    length = _waveform_length(model, x_hat.shape[-1])
+    length = waveform_length(model, x_hat.shape[-1])
     wav_x = model.waveform(x_hat, length)  # (B, M, L)
     peak_x = wav_x.abs().amax(dim=(1, 2))
     peak_y = model.waveform(y, length).abs().amax(dim=(1, 2))
@@ -157,7 +157,7 @@ def scaled(model: ScoreModel, x: torch.Tensor, gain: torch.Tensor) -> torch.Tens
     """The compressed spectrogram of ``gain`` ``(B,)`` times ``x``'s waveform (the compression is not linear)."""
     if model.config.normalize != "peak":
         return x
-    length = _waveform_length(model, x.shape[-1])
+    length = waveform_length(model, x.shape[-1])
     return model.spectrogram(model.waveform(x, length) * gain[:, None, None])
 
 

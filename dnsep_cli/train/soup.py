@@ -40,7 +40,7 @@ def average_models(
             raise ValueError(f"{folder} holds another network than {folders[0]}; only the same network averages")
     if config is not None and not _same_network(config, first):
         raise ValueError(
-            f"the config given describes another network than {folders[0]}; only name and sampler may change"
+            f"the config given describes another network than {folders[0]}; only name, sampler and guard may change"
         )
     soup = ScoreModel(config if config is not None else first)
     states = [model.state_dict() for model in models]

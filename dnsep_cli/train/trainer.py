@@ -49,7 +49,7 @@ from dnsep_cli.diffusion.ddpm import LossSecondMomentSampler
 from dnsep_cli.diffusion.score_matching import data_from_v, perturb, v_target
 from dnsep_cli.model import ScoreModel
 from dnsep_cli.model_card import training_card
-from dnsep_cli.sampler_stage import enhance_spectrogram, one_shot, renormalized, scaled
+from dnsep_cli.sampler_stage import enhance_spectrogram, one_shot, renormalized, scaled, waveform_length
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.csv"
@@ -551,14 +551,14 @@ class Trainer:
         }
 
     def spectrum_loss(self) -> SpectrumLoss:
-        """The configured loss on every estimate; the SI-SDR term reads spectrograms of ``T`` frames back as
-        ``(T - 1) hop`` samples, the length of a centred STFT's input."""
-        hop = self.model.config.stft.hop_length
+        """The configured loss on every estimate; the SI-SDR term reads a spectrogram of ``T`` frames back as the
+        waveform whose STFT has ``T`` frames (``sampler_stage.waveform_length``)."""
+        model = self.model
         return SpectrumLoss(
             self.cfg.log_weight,
             self.cfg.residual_weight,
             self.cfg.sisdr_weight,
-            waveform=lambda spec: self.model.waveform(spec, (spec.shape[-1] - 1) * hop),
+            waveform=lambda spec: model.waveform(spec, waveform_length(model, spec.shape[-1])),
         )
 
     # -- validation ------------------------------------------------------------------------------------------
