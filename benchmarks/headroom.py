@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import SAMPLE_RATE, _finite, build_methods, corpus_items, machine, pick
+from quality import SAMPLE_RATE, _finite, build_methods, corpus_items, machine, pick, validation_parser
 
 from dnsep_cli.eval.headroom import GRADES, headroom_report
 
@@ -71,12 +71,7 @@ def band_table(results: dict[str, list[dict]]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--corpus", type=Path, required=True, help="corpus root with speech/, noise/ and splits.csv")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument(
-        "--validation-from", type=Path, default=None, help="folder holding quality.py's validation/ (default: OUT)"
-    )
+    p = validation_parser(__doc__.split("\n")[0])
     p.add_argument("--methods", default="deepfilternet3,dnsep", help="as quality.py (default deepfilternet3,dnsep)")
     p.add_argument("--model", default=None, help="dnsep model (default: the shipped default)")
     p.add_argument("--dnsep", action="append", default=None, help="dnsep settings, repeatable (as quality.py)")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import SAMPLE_RATE, _finite, corpus_items, machine, pick
+from quality import SAMPLE_RATE, _finite, corpus_items, machine, pick, validation_parser
 
 from dnsep_cli.eval.levels import level_report, noise_only_report
 
@@ -135,12 +135,7 @@ def noise_table(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--corpus", type=Path, required=True, help="corpus root with speech/, noise/ and splits.csv")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument(
-        "--validation-from", type=Path, default=None, help="folder holding quality.py's validation/ (default: OUT)"
-    )
+    p = validation_parser(__doc__.split("\n")[0])
     p.add_argument("--model", default="dnsep-base", help="dnsep model (shipped name, folder, hf:owner/name)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--max-files", type=int, default=None, help="evenly spaced subset of the validation files")

@@ -118,6 +118,17 @@ def pair_items(pairs: Path) -> list[Item]:
     return items
 
 
+def validation_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a script that reuses this one's validation set: ``--corpus``, ``--out``, ``--validation-from``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--corpus", type=Path, required=True, help="corpus root with speech/, noise/ and splits.csv")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--validation-from", type=Path, default=None, help="folder holding quality.py's validation/ (default: OUT)"
+    )
+    return p
+
+
 def pick(items: list[Item], max_files: int | None) -> list[Item]:
     """At most ``max_files`` items, evenly spaced (so every SNR and speaker stays represented)."""
     if not max_files or max_files >= len(items):
