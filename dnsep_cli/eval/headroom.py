@@ -24,24 +24,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
+
+from dnsep_cli.config import STFTConfig
+from dnsep_cli.transforms import STFT
 
 GRADE_EDGES_DB = (-20.0, -40.0)
 GRADES = ("speech", "low", "pause")
 N_FFT, HOP = 512, 256  # 32 / 16 ms at 16 kHz, the shipped models' STFT
 
 
-def _stft(x: np.ndarray, n_fft: int, hop: int):
-    import torch
-
-    window = torch.hann_window(n_fft, dtype=torch.float64)
-    return torch.stft(torch.from_numpy(np.asarray(x, dtype=np.float64)), n_fft, hop, window=window, return_complex=True)
+def _spectrogram(x: np.ndarray, stft: STFT) -> torch.Tensor:
+    """``(L,)`` -> ``(F, T)`` complex128."""
+    return stft.stft(torch.from_numpy(np.asarray(x, dtype=np.float64)))
 
 
-def _istft(spec, n_fft: int, hop: int, length: int) -> np.ndarray:
-    import torch
-
-    window = torch.hann_window(n_fft, dtype=torch.float64)
-    return torch.istft(spec, n_fft, hop, window=window, length=length).numpy()
+def _frame_energy(spec: torch.Tensor) -> np.ndarray:
+    """``E(t) = sum_f |S(f, t)|^2``, ``(T,)``."""
+    return (spec.abs() ** 2).sum(0).numpy()
 
 
 def _check_pair(reference: np.ndarray, estimate: np.ndarray) -> None:
@@ -49,17 +49,37 @@ def _check_pair(reference: np.ndarray, estimate: np.ndarray) -> None:
         raise ValueError(f"need two mono signals (L,) of one length, got {reference.shape} and {estimate.shape}")
 
 
-def frame_levels(reference: np.ndarray, n_fft: int = N_FFT, hop: int = HOP) -> np.ndarray:
-    """``level(t)`` ``(T,)``: each STFT frame's energy in dB under the 95th percentile of the frame energies.
-
-    Digital silence is ``-inf``; a reference silent throughout has no loud frames and is refused.
-    """
-    energy = (_stft(reference, n_fft, hop).abs() ** 2).sum(0).numpy()
+def _levels(energy: np.ndarray) -> np.ndarray:
     loud = np.quantile(energy, 0.95)
     if not loud > 0:
         raise ValueError("the reference is silent: its frames have no level to grade by")
     with np.errstate(divide="ignore"):
         return 10.0 * np.log10(energy / loud)
+
+
+def _splice(s: torch.Tensor, x: torch.Tensor, frames: np.ndarray, stft: STFT, length: int) -> np.ndarray:
+    if frames.shape != (s.shape[-1],):
+        raise ValueError(f"frames must be a mask of the {s.shape[-1]} STFT frames, got shape {frames.shape}")
+    mask = torch.from_numpy(np.asarray(frames, dtype=bool))[None, :]
+    return stft.istft(torch.where(mask, s, x), length).numpy().astype(np.float32)
+
+
+def _gap_db(e_x: np.ndarray, e_s: np.ndarray, frames: np.ndarray) -> float:
+    if not frames.any():
+        return float("nan")
+    total_s, total_x = e_s[frames].sum(), e_x[frames].sum()
+    if total_s == 0 and total_x == 0:
+        return float("nan")
+    with np.errstate(divide="ignore"):
+        return float(10.0 * np.log10(total_x / total_s))
+
+
+def frame_levels(reference: np.ndarray, n_fft: int = N_FFT, hop: int = HOP) -> np.ndarray:
+    """``level(t)`` ``(T,)``: each STFT frame's energy in dB under the 95th percentile of the frame energies.
+
+    Digital silence is ``-inf``; a reference silent throughout has no loud frames and is refused.
+    """
+    return _levels(_frame_energy(_spectrogram(reference, STFT(STFTConfig(n_fft, hop)))))
 
 
 def frame_grades(levels: np.ndarray, edges_db: tuple[float, float] = GRADE_EDGES_DB) -> dict[str, np.ndarray]:
@@ -77,13 +97,9 @@ def splice(
 ) -> np.ndarray:
     """The estimate with the STFT frames ``frames`` (boolean ``(T,)``) taken from the reference, ``(L,)``."""
     _check_pair(reference, estimate)
-    s, x = _stft(reference, n_fft, hop), _stft(estimate, n_fft, hop)
-    if frames.shape != (s.shape[-1],):
-        raise ValueError(f"frames must be a mask of the {s.shape[-1]} STFT frames, got shape {frames.shape}")
-    import torch
-
-    mask = torch.from_numpy(np.asarray(frames, dtype=bool))[None, :]
-    return _istft(torch.where(mask, s, x), n_fft, hop, reference.shape[0]).astype(np.float32)
+    stft = STFT(STFTConfig(n_fft, hop))
+    s, x = _spectrogram(reference, stft), _spectrogram(estimate, stft)
+    return _splice(s, x, frames, stft, reference.shape[0])
 
 
 def level_gap_db(
@@ -92,14 +108,8 @@ def level_gap_db(
     """``gap``: the estimate's energy over the frames ``frames`` re the reference's there, in dB (``nan``: no
     frames, or both silent)."""
     _check_pair(reference, estimate)
-    if not frames.any():
-        return float("nan")
-    e_s = (_stft(reference, n_fft, hop).abs() ** 2).sum(0).numpy()[frames].sum()
-    e_x = (_stft(estimate, n_fft, hop).abs() ** 2).sum(0).numpy()[frames].sum()
-    if e_s == 0 and e_x == 0:
-        return float("nan")
-    with np.errstate(divide="ignore"):
-        return float(10.0 * np.log10(e_x / e_s))
+    stft = STFT(STFTConfig(n_fft, hop))
+    return _gap_db(_frame_energy(_spectrogram(estimate, stft)), _frame_energy(_spectrogram(reference, stft)), frames)
 
 
 def headroom_report(
@@ -112,16 +122,22 @@ def headroom_report(
     """``metric(reference, estimate)`` and, per grade, the share of frames, ``headroom_g`` and ``gap_g``.
 
     Keys: ``score``, then ``{grade}_share``, ``{grade}_headroom`` and ``{grade}_gap_db`` for each of
-    ``GRADES``. A grade without frames has headroom 0 and gap ``nan``.
+    ``GRADES``. A grade without frames has headroom 0 and gap ``nan``. Each signal is transformed once.
     """
     _check_pair(reference, estimate)
+    stft = STFT(STFTConfig(n_fft, hop))
+    s, x = _spectrogram(reference, stft), _spectrogram(estimate, stft)
+    e_s, e_x = _frame_energy(s), _frame_energy(x)
     score = float(metric(reference, estimate))
     report = {"score": score}
-    grades = frame_grades(frame_levels(reference, n_fft, hop))
+    grades = frame_grades(_levels(e_s))
     for name in GRADES:
         frames = grades[name]
         report[f"{name}_share"] = float(frames.mean())
-        spliced = splice(estimate, reference, frames, n_fft, hop)
-        report[f"{name}_headroom"] = float(metric(reference, spliced)) - score if frames.any() else 0.0
-        report[f"{name}_gap_db"] = level_gap_db(estimate, reference, frames, n_fft, hop)
+        if frames.any():
+            spliced = _splice(s, x, frames, stft, reference.shape[0])
+            report[f"{name}_headroom"] = float(metric(reference, spliced)) - score
+        else:
+            report[f"{name}_headroom"] = 0.0
+        report[f"{name}_gap_db"] = _gap_db(e_x, e_s, frames)
     return report
