@@ -89,13 +89,16 @@ class SpecTransform:
         return torch.polar(compressed * c.beta, phase)
 
     def inverse(self, spec: torch.Tensor) -> torch.Tensor:
+        if self.cfg.kind == "none":
+            return spec / self.cfg.beta
+        return torch.polar(self.inverse_magnitude(spec), spec.angle())
+
+    def inverse_magnitude(self, spec: torch.Tensor) -> torch.Tensor:
+        """``|inverse(spec)|`` without the phase: a loss on the magnitude needs no gradient through ``angle``."""
         c = self.cfg
-        if c.kind == "none":
-            return spec / c.beta
         magnitude = spec.abs() / c.beta
-        phase = spec.angle()
         if c.kind == "exponent":
-            expanded = magnitude.pow(1.0 / c.alpha) if c.alpha != 1 else magnitude
-        else:
-            expanded = torch.expm1(magnitude)
-        return torch.polar(expanded, phase)
+            return magnitude.pow(1.0 / c.alpha) if c.alpha != 1 else magnitude
+        if c.kind == "log":
+            return torch.expm1(magnitude)
+        return magnitude

@@ -71,6 +71,12 @@ def train(
         min=0,
         help="Weight of a negative SI-SDR term (in dB, on the waveforms) in the spectrum losses (0: off).",
     ),
+    perceptual_weight: float = typer.Option(
+        0.0,
+        min=0,
+        help="Weight of PESQ's perceptual disturbance (loudness differences in Bark bands, added noise priced "
+        "higher; ITU-T P.862, PMSQE) in the spectrum losses (0: off).",
+    ),
     snr_low: float = typer.Option(-5.0, help="Lowest training SNR in dB."),
     snr_high: float = typer.Option(20.0, help="Highest training SNR in dB."),
     p_reverb: float = typer.Option(0.2, min=0, max=1),

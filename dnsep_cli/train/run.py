@@ -62,6 +62,7 @@ class RunSpec:
     log_weight: float = 0.0
     residual_weight: float = 0.0
     sisdr_weight: float = 0.0
+    perceptual_weight: float = 0.0
     # the mixing
     snr_low: float = -5.0
     snr_high: float = 20.0
@@ -118,6 +119,7 @@ def prepare_run(spec: RunSpec, say: Say = print, pool_progress: PoolProgress | N
         log_weight=spec.log_weight,
         residual_weight=spec.residual_weight,
         sisdr_weight=spec.sisdr_weight,
+        perceptual_weight=spec.perceptual_weight,
     )
     hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if device.startswith("cuda"):

@@ -50,6 +50,7 @@ from dnsep_cli.diffusion.score_matching import data_from_v, perturb, v_target
 from dnsep_cli.model import ScoreModel
 from dnsep_cli.model_card import training_card
 from dnsep_cli.sampler_stage import enhance_spectrogram, one_shot, renormalized, scaled, waveform_length
+from dnsep_cli.train.perceptual import PerceptualLoss
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.csv"
@@ -109,6 +110,8 @@ class TrainConfig:
     residual_weight: float = 0.0
     # weight of si_sdr_loss (negative SI-SDR in dB of the waveforms) in every spectrum loss (0: off)
     sisdr_weight: float = 0.0
+    # weight of PESQ's perceptual disturbance (perceptual.PerceptualLoss) in every spectrum loss (0: off)
+    perceptual_weight: float = 0.0
     val_sampler: dict[str, Any] = field(default_factory=dict)  # SamplerConfig overrides for validation
     # validate the one-shot estimate x0_hat = D(x_T, y, T) + post-filter (steps 0, 1 NFE): cheap, and it tracks
     # the network's progress whatever sampler is chosen later
@@ -179,18 +182,25 @@ def _log_ratio(estimate: torch.Tensor, target: torch.Tensor, floor: float) -> to
 @dataclass(frozen=True)
 class SpectrumLoss:
     """The spectrum loss of every estimate in training: ``spectrum_loss``, plus ``log_weight`` times
-    ``log_magnitude_loss``, ``residual_weight`` times ``log_residual_loss`` and ``sisdr_weight`` times
-    ``si_sdr_loss`` of the waveforms (each off at 0). ``waveform`` maps a compressed spectrogram
-    ``(B, M, F, T)`` to its waveform ``(B, M, L)``; the SI-SDR term needs it."""
+    ``log_magnitude_loss``, ``residual_weight`` times ``log_residual_loss``, ``sisdr_weight`` times
+    ``si_sdr_loss`` of the waveforms and ``perceptual_weight`` times ``perceptual`` (PESQ's disturbance) of the
+    power spectra, averaged over channels (each off at 0). ``waveform`` maps a compressed spectrogram
+    ``(B, M, F, T)`` to its waveform ``(B, M, L)`` (the SI-SDR term needs it), ``power`` to its linear power
+    spectrum ``(B, M, F, T)`` (the perceptual term needs it)."""
 
     log_weight: float = 0.0
     residual_weight: float = 0.0
     sisdr_weight: float = 0.0
     waveform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    perceptual_weight: float = 0.0
+    power: Callable[[torch.Tensor], torch.Tensor] | None = None
+    perceptual: PerceptualLoss | None = None
 
     def __post_init__(self) -> None:
         if self.sisdr_weight > 0 and self.waveform is None:
             raise ValueError("the SI-SDR term needs the waveform of a spectrogram")
+        if self.perceptual_weight > 0 and (self.power is None or self.perceptual is None):
+            raise ValueError("the perceptual term needs the power spectrum of a spectrogram and a PerceptualLoss")
 
     def __call__(self, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = spectrum_loss(estimate, target)
@@ -201,6 +211,10 @@ class SpectrumLoss:
         if self.sisdr_weight > 0 and estimate.shape[0] > 0:  # an empty share of a batch has no waveform
             assert self.waveform is not None  # __post_init__
             loss = loss + self.sisdr_weight * si_sdr_loss(self.waveform(estimate), self.waveform(target))
+        if self.perceptual_weight > 0 and estimate.shape[0] > 0:
+            assert self.power is not None and self.perceptual is not None  # __post_init__
+            disturbance = self.perceptual(self.power(estimate), self.power(target))  # (B, M)
+            loss = loss + self.perceptual_weight * disturbance.mean(-1)
         return loss
 
 
@@ -438,6 +452,8 @@ class Trainer:
         self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.t_sampler = LossSecondMomentSampler(cfg.t_bins)
         self.t_grid = torch.linspace(cfg.t_eps, self.model.sde.T, cfg.t_bins)
+        stft, rate = model_config.stft, model_config.sample_rate
+        self.perceptual = PerceptualLoss(stft.n_fft, rate).to(self.device) if cfg.perceptual_weight > 0 else None
         self.np_rng = np.random.default_rng(cfg.seed)
         self.torch_rng = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.train_batches = train_batches
@@ -559,6 +575,9 @@ class Trainer:
             self.cfg.residual_weight,
             self.cfg.sisdr_weight,
             waveform=lambda spec: model.waveform(spec, waveform_length(model, spec.shape[-1])),
+            perceptual_weight=self.cfg.perceptual_weight,
+            power=lambda spec: model.transform.inverse_magnitude(spec).pow(2),
+            perceptual=self.perceptual,
         )
 
     # -- validation ------------------------------------------------------------------------------------------
