@@ -100,17 +100,21 @@ class FrontEndConfig:
     """The predictive front-end whose estimate the model refines (``dnsep_cli.frontend``): ``dfn3``.
 
     ``guard_db``: cap every bin of the refined estimate at this many dB over the front-end estimate's loudest
-    frame in that bin (``dnsep_cli.estimate_guard``); ``None``: no cap.
+    frame in that bin (``dnsep_cli.estimate_guard``); ``None``: no cap. ``prime_seconds``: run the front-end
+    over the input's first seconds before the input (``dnsep_cli.frontend.PrimedStream``); 0: a cold start.
     """
 
     name: str = "dfn3"
     params: dict[str, Any] = field(default_factory=dict)
     guard_db: float | None = None
+    prime_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        g = self.guard_db
+        g, p = self.guard_db, self.prime_seconds
         if g is not None and (isinstance(g, bool) or not isinstance(g, int | float) or not 0 <= g < float("inf")):
             raise ValueError(f"frontend.guard_db must be a number of dB >= 0 or null, got {g!r}")
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < float("inf"):
+            raise ValueError(f"frontend.prime_seconds must be a number of seconds >= 0, got {p!r}")
 
 
 @dataclass(frozen=True)

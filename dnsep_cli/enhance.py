@@ -118,6 +118,9 @@ class EnhanceSettings:
     # cap the refined estimate this many dB over the front-end's loudest frame, per bin (dnsep_cli.estimate_guard);
     # None or inf: no cap. An Enhancer starts from its config's frontend.guard_db; inf turns that off by override
     guard_db: float | None = None
+    # run the front-end over the input's first this many seconds before the input (dnsep_cli.frontend.PrimedStream);
+    # 0: a cold start. An Enhancer starts from its config's frontend.prime_seconds
+    prime_seconds: float = 0.0
     # an output more than this many dB over the input's peak fails: a diverged sampler (inf: no check, for
     # comparing untrained networks with a reference implementation)
     max_gain_db: float = 20.0
@@ -132,6 +135,7 @@ SETTING_KEYS = (
     "batch_size",
     "atten_lim_db",
     "guard_db",
+    "prime_seconds",
     "max_gain_db",
 )
 
@@ -388,6 +392,7 @@ class Enhancer:
             chunk_seconds=cfg.chunk_seconds,
             overlap_seconds=cfg.overlap_seconds,
             guard_db=None if cfg.frontend is None else cfg.frontend.guard_db,
+            prime_seconds=0.0 if cfg.frontend is None else cfg.frontend.prime_seconds,
         )
         self.settings = self._validated(base)
 
@@ -452,6 +457,14 @@ class Enhancer:
                 self.frontend is not None or math.isinf(s.guard_db),
                 "--guard-db caps the refined estimate at the front-end's: this model has no front-end",
             )
+        need(
+            0 <= s.prime_seconds < math.inf,
+            f"--prime-seconds must be a number of seconds >= 0, got {s.prime_seconds}",
+        )
+        need(
+            self.frontend is not None or s.prime_seconds == 0,
+            "--prime-seconds primes the front-end: this model has no front-end",
+        )
         need(s.max_gain_db > 0, f"max_gain_db must be > 0 dB (inf: no check), got {s.max_gain_db}")
         self._layout(s)
         return replace(s, postfilter=s.postfilter and self.model.postfilter is not None)
@@ -725,9 +738,9 @@ class _EstimateStream:
     to the input's model-rate samples (chunks of ``2 C`` channels), and ``full_band`` holds it at the input
     rate, normalised, for the crossover ``out = e + up(x - down(e))``."""
 
-    def __init__(self, frontend, rate: int, model_rate: int, channels: int) -> None:
+    def __init__(self, frontend, rate: int, model_rate: int, channels: int, prime_seconds: float = 0.0) -> None:
         self.channels = channels
-        self._stream = frontend.stream(rate, channels)
+        self._stream = frontend.stream(rate, channels, prime_seconds)
         self._down = StreamResampler(rate, model_rate, channels)
         self._y = _Fifo(channels)  # model-rate input samples waiting for their estimate
         self._e = _Fifo(channels)  # model-rate estimate samples waiting for their input
@@ -784,7 +797,7 @@ class _ChunkRun:
         self.up = StreamResampler(model_rate, rate, channels)
         # with a front-end, a chunk holds 2 C channels: the input's, then the front-end estimate's
         fe = enhancer.frontend
-        self.estimate = None if fe is None else _EstimateStream(fe, rate, model_rate, channels)
+        self.estimate = None if fe is None else _EstimateStream(fe, rate, model_rate, channels, settings.prime_seconds)
         self.splitter = ChunkSplitter(layout, channels if self.estimate is None else 2 * channels)
         self.ola = OverlapAdd(layout, channels)
         self.noisy = _Fifo(channels)  # input blocks not yet matched by output (attenuation limit)

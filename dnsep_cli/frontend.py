@@ -64,8 +64,11 @@ class FrontEnd:
         self.info = info
         self._new_state = new_state
 
-    def stream(self, sample_rate: int, channels: int) -> FrontEndStream:
-        return FrontEndStream(self, sample_rate, channels)
+    def stream(self, sample_rate: int, channels: int, prime_seconds: float = 0.0) -> FrontEndStream | PrimedStream:
+        """Block-wise estimates at ``sample_rate``; ``prime_seconds > 0``: primed on the input's start
+        (``PrimedStream``)."""
+        stream = FrontEndStream(self, sample_rate, channels)
+        return PrimedStream(stream, round(prime_seconds * sample_rate)) if prime_seconds > 0 else stream
 
     def process(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """Whole signal ``(L, C)`` (or ``(L,)``) at ``sample_rate`` -> the aligned estimate, same shape."""
@@ -157,6 +160,59 @@ class FrontEndStream:
         self._native_out += len(out)
         return out
 
+
+class PrimedStream:
+    """A ``FrontEndStream`` that first runs over the input's first ``prime_frames`` samples, then
+    ``PRIME_GAP_SECONDS`` of silence, and only then over the input from its start, keeping that last pass.
+
+    DeepFilterNet3 normalises its features by running means with a time constant of about a second, started
+    from fixed values, and has recurrent state: from a cold start its first seconds are its worst. Run on from
+    the input itself it starts adapted. Measured on the 85 validation mixtures of 3-8 s, DeepFilterNet3 alone
+    primed on the whole mixture scores PESQ 2.147 and SI-SDR 12.67 dB against 2.040 and 11.61 cold. The silence
+    keeps the primer's end out of the analysis windows and the look-ahead of the input's first frames. The cost
+    is the primer's processing, and holding back the output until ``prime_frames`` of input (or its end) have
+    come in. Same interface as ``FrontEndStream``.
+    """
+
+    def __init__(self, stream: FrontEndStream, prime_frames: int) -> None:
+        self._stream, self.prime_frames = stream, prime_frames
+        self.info, self.sample_rate, self.channels = stream.info, stream.sample_rate, stream.channels
+        self._held: list[np.ndarray] | None = []  # input blocks until the primer is complete; None after
+        self._held_frames = 0
+        self._skip = 0  # output samples of the primer and the silence still to drop
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        block = np.asarray(block, dtype=np.float32).reshape(-1, self.channels)
+        if self._held is None:
+            return self._drop(self._stream.push(block))
+        self._held.append(block)
+        self._held_frames += len(block)
+        if self._held_frames < self.prime_frames:
+            return np.zeros((0, self.channels), np.float32)
+        return self._start()
+
+    def finish(self) -> np.ndarray:
+        head = self._start() if self._held is not None else np.zeros((0, self.channels), np.float32)
+        return np.concatenate([head, self._drop(self._stream.finish())])
+
+    def _start(self) -> np.ndarray:
+        """Prime on the first ``prime_frames`` held samples (all of them if the input is shorter), then run
+        the held input."""
+        assert self._held is not None
+        held = np.concatenate(self._held) if self._held else np.zeros((0, self.channels), np.float32)
+        self._held = None
+        silence = np.zeros((round(PRIME_GAP_SECONDS * self.sample_rate), self.channels), np.float32)
+        primer = np.concatenate([held[: self.prime_frames], silence])
+        self._skip = len(primer)
+        return np.concatenate([self._drop(self._stream.push(primer)), self._drop(self._stream.push(held))])
+
+    def _drop(self, out: np.ndarray) -> np.ndarray:
+        k = min(self._skip, len(out))
+        self._skip -= k
+        return out[k:]
+
+
+PRIME_GAP_SECONDS = 0.25
 
 # -- DeepFilterNet3 through its C runtime ---------------------------------------------------------------------
 

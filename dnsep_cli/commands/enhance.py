@@ -99,6 +99,12 @@ def enhance(
         help="Front-end models: cap each frequency at this many dB over the front-end's loudest frame, against"
         " loud transients (default: the model's; inf: no cap).",
     ),
+    prime_seconds: float | None = typer.Option(
+        None,
+        "--prime-seconds",
+        help="Front-end models: run the front-end over the input's first seconds before the input, so it starts"
+        " adapted (default: the model's; 0: a cold start).",
+    ),
     no_postfilter: bool = typer.Option(False, "--no-postfilter", help="Skip the DeepFilter post-filter."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace earlier dnsep outputs (default: skip them); never other files."
@@ -211,6 +217,7 @@ def enhance(
         "batch_size": batch_size,
         "atten_lim_db": atten_lim_db,
         "guard_db": guard_db,
+        "prime_seconds": prime_seconds,
     }
     overrides.update({k: v for k, v in explicit.items() if v is not None})
     if no_postfilter:

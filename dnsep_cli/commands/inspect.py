@@ -124,6 +124,7 @@ def _frontend_info(cfg) -> dict[str, Any] | None:
         "name": cfg.frontend.name,
         "settings": cfg.frontend.params or None,
         "guard_db": cfg.frontend.guard_db,
+        "prime_seconds": cfg.frontend.prime_seconds,
     }
     try:
         frontend = build_frontend(cfg.frontend.name, cfg.frontend.params)
@@ -184,6 +185,9 @@ def _print_summary(info: dict[str, Any]) -> None:
             if fe["guard_db"] is None
             else f"guard: each bin at most {fe['guard_db']:g} dB over the estimate's loudest frame"
         )
+        if fe.get("prime_seconds"):
+            guard += f"; primed on the input's first {fe['prime_seconds']:g} s"
+
         row(
             "front-end",
             f"{fe['name']}: {fe['description']}, {fe['version']}; runs at {fe['sample_rate']} Hz in hops of "

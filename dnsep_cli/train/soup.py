@@ -55,9 +55,9 @@ def average_models(
 
 
 def _same_network(a: ModelConfig, b: ModelConfig) -> bool:
-    """Configs that differ at most in ``name``, ``sampler`` and the front-end's level guard (inference settings):
+    """Configs that differ at most in ``name``, ``sampler`` and the front-end's guard and priming (inference settings):
     the same tensors mean the same thing."""
     fe = a.frontend
     if fe is not None and b.frontend is not None:
-        fe = replace(fe, guard_db=b.frontend.guard_db)
+        fe = replace(fe, guard_db=b.frontend.guard_db, prime_seconds=b.frontend.prime_seconds)
     return replace(a, name=b.name, sampler=b.sampler, frontend=fe) == b
