@@ -25,18 +25,20 @@ from dnsep_cli.train.trainer import grow_with_frontend, with_frontend
 
 def test_the_default_is_dnsep_base_grown_by_dfn3() -> None:
     """The folder's config is what ``dnsep convert dnsep-base models/dnsep-dfn3 --frontend dfn3`` writes (its
-    card's rebuild command for the untrained start) with the sampler's ``passes`` 2 and the level guard at 3 dB
-    (``frontend.guard_db``); the weights are the trained
+    card's rebuild command for the untrained start) with the sampler's ``passes`` 3, the level guard at 3 dB
+    (``frontend.guard_db``) and the front-end primed on the first 10 s (``frontend.prime_seconds``); the weights
+    are the trained
     ones, every tensor present with the grown network's shape; the card credits DeepFilterNet3."""
     source = resolve_model(None)
     assert (DEFAULT_MODEL, source.name, source.kind) == ("dnsep-dfn3", "dnsep-dfn3", "shipped")
     shipped = load_model(source)
     base_folder = resolve_model("dnsep-base").folder
-    assert shipped.config.frontend == FrontEndConfig("dfn3", guard_db=3.0)
+    frontend = FrontEndConfig("dfn3", guard_db=3.0, prime_seconds=10.0)
+    assert shipped.config.frontend == frontend
     grown_config = replace(with_frontend(ModelConfig.load(base_folder), "dfn3"), name="dnsep-dfn3")
-    # the card's sampler: two passes of the one-shot estimate, the second conditioned on the first
-    sampler = replace(grown_config.sampler, passes=2)
-    assert shipped.config == replace(grown_config, sampler=sampler, frontend=FrontEndConfig("dfn3", guard_db=3.0))
+    # the card's sampler: three passes of the one-shot estimate, each conditioned on the one before
+    sampler = replace(grown_config.sampler, passes=3)
+    assert shipped.config == replace(grown_config, sampler=sampler, frontend=frontend)
     grown = grow_with_frontend(base_folder, "dfn3", name="dnsep-dfn3").state_dict()
     own = shipped.state_dict()
     assert {k: v.shape for k, v in own.items()} == {k: v.shape for k, v in grown.items()}
@@ -46,7 +48,8 @@ def test_the_default_is_dnsep_base_grown_by_dfn3() -> None:
 
 def test_default_enhances_48k_stereo_offline_keeping_the_band_above_8k(tmp_path: Path, capsys, monkeypatch) -> None:
     """No network and no --model: a 48 kHz stereo file comes out 48 kHz stereo, and above 9 kHz each channel
-    is DeepFilterNet3's own estimate of that channel (the crossover), not a copy low-passed at 8 kHz."""
+    is DeepFilterNet3's own estimate of that channel (the crossover; primed, as the model says), not a copy
+    low-passed at 8 kHz."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rate = 48000
     x = _noisy(rate, seconds=2.0, channels=2)
@@ -57,7 +60,8 @@ def test_default_enhances_48k_stereo_offline_keeping_the_band_above_8k(tmp_path:
     assert out_rate == rate and out.shape == x.shape and np.isfinite(out).all()
     frontend = deepfilternet3()
     for c in range(2):
-        estimate = frontend.process(x[:, c], rate)
+        stream = frontend.stream(rate, 1, prime_seconds=10.0)
+        estimate = np.concatenate([stream.push(x[:, c : c + 1]), stream.finish()])[:, 0]
         high = _band_energy(estimate, rate, 9000, 20000)
         assert high > 1e-6 * _band_energy(estimate, rate, 50, 20000)
         assert _band_energy(out[:, c] - estimate, rate, 9000, 20000) < 1e-3 * high
@@ -85,5 +89,7 @@ def test_inspect_shows_the_default_front_end(capsys) -> None:
         48000,
         3.0,
     )
+    assert info["frontend"]["prime_seconds"] == 10.0
     code, out, _ = run_cli(["inspect"], capsys)
-    assert code == 0 and "guard: each bin at most 3 dB" in " ".join(out.split())
+    text = " ".join(out.split())
+    assert code == 0 and "guard: each bin at most 3 dB" in text and "primed on the input's first 10 s" in text
