@@ -161,6 +161,9 @@ class FrontEndStream:
         return out
 
 
+PRIME_GAP_SECONDS = 0.25  # silence between the primer and the input
+
+
 class PrimedStream:
     """A ``FrontEndStream`` that first runs over the input's first ``prime_frames`` samples, then
     ``PRIME_GAP_SECONDS`` of silence, and only then over the input from its start, keeping that last pass.
@@ -211,8 +214,6 @@ class PrimedStream:
         self._skip -= k
         return out[k:]
 
-
-PRIME_GAP_SECONDS = 0.25
 
 # -- DeepFilterNet3 through its C runtime ---------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ from dnsep_cli.errors import UsageError
 PARAMS_FILE = "params.json"
 FORMAT_VERSION = 2  # 2: one front-end stream per shard; 1: a fresh front-end state per mixture
 STREAM_GAP_SECONDS = 0.25  # silence between a shard's mixtures in its stream
+# how a pool's items are stored and their estimates run: a pool keeps its own when resumed or grown
+STORAGE_KEYS = ("shard_size", "version", "stream_gap_seconds")
 
 
 def _shard_path(folder: Path, k: int) -> Path:
@@ -68,7 +70,7 @@ def _same_pool(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Pools that differ only in their number of items share their first items; the shard size and the format
     say how items are grouped on disk and how their estimates were run (item ``i``'s mixture is seeded by
     ``[seed, i]`` whatever its shard), and a pool keeps its own when resumed."""
-    ignored = ("items", "shard_size", "version", "stream_gap_seconds")
+    ignored = ("items", *STORAGE_KEYS)
     return {k: v for k, v in a.items() if k not in ignored} == {k: v for k, v in b.items() if k not in ignored}
 
 
@@ -122,11 +124,10 @@ def build_pool(
         old = json.loads(params_file.read_text())
         if not _same_pool(old, params):
             raise UsageError(f"{folder} holds a front-end pool made with other settings; choose another folder")
-        # a pool keeps the grouping its shards were written with, and the way their estimates were run
-        params["shard_size"], params["version"] = old["shard_size"], old["version"]
-        params.pop("stream_gap_seconds", None)
-        if "stream_gap_seconds" in old:
-            params["stream_gap_seconds"] = old["stream_gap_seconds"]
+        for key in STORAGE_KEYS:  # format 1 has no stream_gap_seconds
+            params.pop(key, None)
+            if key in old:
+                params[key] = old[key]
     params_file.write_text(json.dumps(params, indent=1) + "\n")
     items, size, seed = params["items"], params["shard_size"], params["seed"]
     gap = params.get("stream_gap_seconds")

@@ -142,12 +142,13 @@ class PerceptualLoss(torch.nn.Module):
         (bounded to +-20 dB), then each frame's audible power (bounded to +7 / -35 dB); what a listener hears as
         a linear filter or a slow gain change is forgiven."""
         loud = (p > 100 * self.threshold).to(p.dtype)
-        active = (self.audible(p) >= 1e-2).to(p.dtype)  # frames within 20 dB of the listening level
+        audible = self.audible(p)
+        active = (audible >= 1e-2).to(p.dtype)  # frames within 20 dB of the listening level
         ref_band = (p * loud * active).sum(-2, keepdim=True)
         est_band = (p_hat * loud * active).sum(-2, keepdim=True)
         floor = 1e-4 * active.sum(-2, keepdim=True).clamp_min(1)
         p_hat = p_hat * ((ref_band + floor) / (est_band + floor)).clamp(0.01, 100)
-        gain = (self.audible(p) + 5e-4) / (self.audible(p_hat) + 5e-4)
+        gain = (audible + 5e-4) / (self.audible(p_hat) + 5e-4)
         return p_hat * gain.clamp(3e-4, 5)
 
     def forward(self, estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
